@@ -1,0 +1,1 @@
+"""ann2snn: convert trained ReLU networks into spiking neural networks."""

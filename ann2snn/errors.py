@@ -1,0 +1,11 @@
+"""Error classes raised to users of ann2snn."""
+
+from __future__ import annotations
+
+
+class ConversionError(ValueError):
+    """A model cannot be converted; the message names every offending node and the fix."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset could not be found; the message says where we looked and how to get it."""
