@@ -1,0 +1,101 @@
+"""The public conversion entry point."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterable, Optional, Type, Union
+
+import torch
+from torch import nn
+
+from .calibration import iter_inputs
+from .modes import parse_mode
+from .spiking import SpikingModel
+from .tracing import trace
+
+
+def convert(
+    model: nn.Module,
+    mode: Union[str, float] = "99.9%",
+    calib_data: Optional[Iterable[Any]] = None,
+    *,
+    calib_batches: Optional[int] = None,
+    channelwise: bool = False,
+    v_init: float = 0.5,
+    fold_scales: bool = True,
+    leaf_modules: Iterable[Type[nn.Module]] = (),
+    concrete_args: Optional[Dict[str, Any]] = None,
+    progress: bool = False,
+) -> SpikingModel:
+    """Convert a trained ReLU-family classifier into a spiking model.
+
+    Args:
+        model: the trained ANN. It is never modified (conversion works on a deep copy).
+        mode: activation normalization: ``'max'``, a percentile ``'P%'`` such as
+            ``'99.9%'``, or a float ``0 < s <= 1`` meaning ``s * max``.
+        calib_data: calibration batches: a DataLoader or iterable of tensors,
+            ``(input, label)`` pairs or dicts. Statistics are exact over all of it.
+        calib_batches: use at most this many calibration batches.
+        channelwise: one normalization scale per channel instead of per layer.
+        v_init: initial membrane potential as a fraction of the threshold.
+        fold_scales: fold normalization scales into weights where possible.
+        leaf_modules: module types to keep opaque when tracing.
+        concrete_args: fixed arguments for tracing (see ``torch.fx.symbolic_trace``).
+        progress: show progress bars.
+
+    Returns:
+        A :class:`SpikingModel`; call it as ``snn(x, timesteps=T)``.
+
+    Raises:
+        ValueError: for a bad mode or missing calibration data.
+        ConversionError: naming every node that cannot be converted.
+
+    Example:
+        >>> snn = ann2snn.convert(model, mode="99.9%", calib_data=loader)  # doctest: +SKIP
+        >>> out = snn(images, timesteps=32)  # doctest: +SKIP
+    """
+    from ann2snn.converter_passes.pipeline import ConversionContext, run_pipeline
+
+    norm = parse_mode(mode)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if calib_data is None:
+        raise ValueError(
+            "convert() needs calib_data: a DataLoader or iterable of input batches used to "
+            "measure activation ranges (a few hundred to a few thousand training images)"
+        )
+    example = _example_input(calib_data)
+    ann = copy.deepcopy(model).eval()
+    work = copy.deepcopy(ann)
+    device = next((p.device for p in work.parameters()), torch.device("cpu"))
+    gm = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    ctx = ConversionContext(
+        mode=norm,
+        calib_data=calib_data,
+        example_input=example.to(device),
+        calib_batches=calib_batches,
+        channelwise=channelwise,
+        v_init=v_init,
+        fold_scales=fold_scales,
+        progress=progress,
+        device=device,
+    )
+    with torch.no_grad():
+        gm = run_pipeline(gm, ctx)
+    meta = {
+        "mode": norm.text,
+        "channelwise": channelwise,
+        "v_init": v_init,
+        "input_shape": list(example.shape[1:]),
+        "model_class": type(model).__name__,
+    }
+    return SpikingModel(gm, ann=ann, meta=meta)
+
+
+def _example_input(calib_data: Iterable[Any]) -> torch.Tensor:
+    """A two-sample batch from the first calibration batch, for recording shapes."""
+    for x in iter_inputs(calib_data, 1):
+        if x.shape[0] == 0:
+            break
+        return x[:2].detach().clone()
+    raise ValueError("the calibration data yielded no (non-empty) batch")

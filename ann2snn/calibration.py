@@ -1,0 +1,254 @@
+"""Exact activation statistics over a calibration set: global max and exact percentiles."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator, List, Optional
+
+import torch
+from torch import nn
+
+INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
+
+
+def batch_input(batch: Any) -> torch.Tensor:
+    """The model input of one batch: a tensor, the first item of a tuple/list, or a dict entry.
+
+    Raises:
+        TypeError: when no input tensor can be found in ``batch``.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in INPUT_KEYS:
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+        raise TypeError(
+            f"calibration batch is a dict with keys {sorted(batch)}; none of them is an input "
+            f"tensor under a known name {INPUT_KEYS}. Pass an iterable of tensors instead."
+        )
+    raise TypeError(
+        f"calibration batches must be tensors, (input, label) pairs or dicts, got "
+        f"{type(batch).__name__}"
+    )
+
+
+def iter_inputs(data: Iterable[Any], max_batches: Optional[int] = None) -> Iterator[torch.Tensor]:
+    """Yield the input tensors of at most ``max_batches`` batches of ``data``."""
+    if isinstance(data, torch.Tensor):
+        data = [data]
+    for i, batch in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            return
+        yield batch_input(batch)
+
+
+def batch_count_bound(data: Any, max_batches: Optional[int]) -> Optional[int]:
+    """An upper bound on the number of batches ``iter_inputs`` yields, or None if unknown."""
+    if isinstance(data, torch.Tensor):
+        return 1
+    try:
+        n = len(data)
+    except TypeError:
+        n = None
+    if n is None:
+        return max_batches
+    return n if max_batches is None else min(n, max_batches)
+
+
+def needed_top_count(n: int, q: float) -> int:
+    """How many of the largest of ``n`` values determine the ``q``-quantile (linear rule)."""
+    if n <= 0:
+        return 0
+    return n - math.floor(q * (n - 1))
+
+
+def quantile_from_top(top_sorted: torch.Tensor, n: int, q: float) -> torch.Tensor:
+    """The ``q``-quantile (numpy's 'linear' rule) of ``n`` values given their largest ones.
+
+    Args:
+        top_sorted: the ``m`` largest values in ascending order, along the last dim.
+        n: how many values there are in all.
+        q: quantile in [0, 1].
+    """
+    m = top_sorted.shape[-1]
+    pos = q * (n - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    frac = pos - lo
+    offset = n - m
+    if lo < offset:
+        raise RuntimeError("internal error: the kept top values do not reach the quantile")
+    a = top_sorted[..., lo - offset]
+    b = top_sorted[..., hi - offset]
+    return a + (b - a) * frac
+
+
+class ActivationObserver(nn.Module):
+    """Identity module recording exact statistics of the activation it follows.
+
+    Records the global (or per-channel) maximum and, for percentile modes, exactly the
+    largest values that can determine the percentile: with an upper bound ``n_upper`` on the
+    number of elements it will see, it keeps the top ``needed_top_count(n_upper, q)`` values
+    (a running top-k that first drops every value below the current k-th largest). The
+    result equals ``numpy.percentile`` over all values seen, with no size limit.
+
+    Args:
+        quantile: the quantile in [0, 1] to track, or None for max only.
+        channel_axis: None for layer-wise statistics, 1 for per-channel statistics.
+    """
+
+    def __init__(self, quantile: Optional[float] = None, channel_axis: Optional[int] = None):
+        super().__init__()
+        self.quantile = quantile
+        self.channel_axis = channel_axis
+        self.batches_upper: Optional[int] = None
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.count = 0
+        self.first_batch_elements: Optional[int] = None
+        self.bound_exceeded = False
+        self.max_value: Optional[torch.Tensor] = None
+        self.top: Optional[torch.Tensor] = None
+        self.exact_count: Optional[int] = None  # total elements, when known from a prior pass
+        self.collect = True  # False: a first pass that only counts elements and tracks the max
+
+    def _keep(self) -> Optional[int]:
+        if self.quantile is None:
+            return None
+        if self.exact_count is not None:
+            n = self.exact_count
+        elif self.batches_upper is not None and self.first_batch_elements is not None:
+            n = self.batches_upper * self.first_batch_elements
+        else:
+            return None  # unknown: keep everything
+        return needed_top_count(n, self.quantile)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self._observe(x.detach())
+        return x
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if self.channel_axis is None:
+            flat = x.reshape(1, -1)
+        else:
+            flat = x.transpose(0, self.channel_axis).reshape(x.shape[self.channel_axis], -1)
+        flat = flat.float()
+        per_row = flat.shape[1]
+        if self.first_batch_elements is None:
+            self.first_batch_elements = per_row
+        elif per_row > self.first_batch_elements and self.exact_count is None:
+            self.bound_exceeded = True
+        self.count += per_row
+        batch_max = flat.amax(dim=1) if per_row else None
+        if batch_max is not None:
+            self.max_value = (
+                batch_max if self.max_value is None else torch.maximum(self.max_value, batch_max)
+            )
+        if self.quantile is None or per_row == 0 or not self.collect:
+            return
+        k = self._keep()
+        if k is None:
+            raise RuntimeError("observer needs a bound on the number of elements it will see")
+        if self.top is not None and self.top.shape[1] >= k and flat.shape[0] == 1:
+            # Values not above the current k-th largest can never enter the top k.
+            flat = flat[flat > self.top[0, 0]].reshape(1, -1)
+        merged = flat if self.top is None else torch.cat([self.top, flat], dim=1)
+        if merged.shape[1] > k:
+            merged = torch.topk(merged, k, dim=1, largest=True, sorted=False).values
+        # Keep ascending order so that top[:, 0] is the current k-th largest.
+        self.top = torch.sort(merged, dim=1).values
+
+    def statistic(self) -> torch.Tensor:
+        """The maximum (quantile None) or the exact quantile; shape [] or [C]."""
+        if self.max_value is None:
+            raise RuntimeError("observer saw no data")
+        if self.quantile is None:
+            out = self.max_value
+        else:
+            top = torch.sort(self.top, dim=1).values
+            out = quantile_from_top(top, self.count, self.quantile)
+        return out.reshape(()) if self.channel_axis is None else out
+
+    def extra_repr(self) -> str:
+        return f"quantile={self.quantile}, channel_axis={self.channel_axis}"
+
+
+def observers_of(module: nn.Module) -> List[ActivationObserver]:
+    return [m for m in module.modules() if isinstance(m, ActivationObserver)]
+
+
+def _model_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _run(module: nn.Module, inputs: Iterable[torch.Tensor], device, progress: bool, total):
+    from tqdm.auto import tqdm
+
+    for x in tqdm(inputs, total=total, desc="calibrating", disable=not progress, leave=False):
+        module(x.to(device))
+
+
+def calibrate(
+    module: nn.Module,
+    data: Iterable[Any],
+    max_batches: Optional[int] = None,
+    *,
+    progress: bool = False,
+    device: Optional[torch.device] = None,
+) -> nn.Module:
+    """Run calibration data through ``module`` so that its observers record exact statistics.
+
+    One pass when an upper bound on the number of batches is known (``len(data)`` or
+    ``max_batches``) and no batch is larger than the first; otherwise a counting pass and
+    an exact second pass (one-shot iterators are buffered for that).
+
+    Args:
+        module: a module containing :class:`ActivationObserver` s.
+        data: DataLoader or iterable of tensors, ``(input, label)`` pairs or dicts.
+        max_batches: use at most this many batches.
+        device: where to run (default: the module's device).
+
+    Returns:
+        ``module``.
+
+    Raises:
+        ValueError: when ``data`` yields no batch.
+    """
+    observers = observers_of(module)
+    device = device or _model_device(module)
+    bound = batch_count_bound(data, max_batches)
+    needs_top = any(o.quantile is not None for o in observers)
+    one_shot = iter(data) is data if not isinstance(data, torch.Tensor) else False
+    for o in observers:
+        o.reset_stats()
+        o.batches_upper = bound
+        o.collect = bound is not None
+    stored: Optional[List[torch.Tensor]] = [] if (one_shot and needs_top) else None
+
+    def first_pass_inputs() -> Iterator[torch.Tensor]:
+        for x in iter_inputs(data, max_batches):
+            if stored is not None:
+                stored.append(x)
+            yield x
+
+    module.eval()
+    with torch.no_grad():
+        _run(module, first_pass_inputs(), device, progress, bound)
+        if observers and observers[0].count == 0:
+            raise ValueError("the calibration data yielded no batch")
+        if needs_top and any(o.bound_exceeded or not o.collect for o in observers):
+            for o in observers:
+                n = o.count
+                o.reset_stats()
+                o.exact_count = n
+            again = stored if stored is not None else iter_inputs(data, max_batches)
+            _run(module, again, device, progress, bound)
+    return module

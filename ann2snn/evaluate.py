@@ -1,0 +1,227 @@
+"""Accuracy versus time steps, read from one simulation to the largest T."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .calibration import batch_input
+from .spiking import SpikingModel
+
+DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class AccuracyCurve:
+    """Accuracy (percent) of an SNN at each number of time steps.
+
+    Attributes:
+        accuracy: T -> accuracy in percent.
+        ann_accuracy: the ANN's accuracy on the same data, when the ANN is known.
+        output_error: T -> mean |SNN output - ANN output| / mean |ANN output|, when known.
+        samples: number of evaluated samples.
+        meta: conversion settings (mode, v_init ...).
+    """
+
+    accuracy: Dict[int, float]
+    ann_accuracy: Optional[float] = None
+    output_error: Dict[int, float] = field(default_factory=dict)
+    samples: int = 0
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """A readable table of accuracy per T, beside the ANN's accuracy."""
+        lines = []
+        if self.ann_accuracy is not None:
+            lines.append(f"ANN accuracy: {self.ann_accuracy:.2f}%  ({self.samples} samples)")
+        header = f"{'T':>6}  {'SNN acc %':>9}"
+        if self.ann_accuracy is not None:
+            header += f"  {'vs ANN':>7}"
+        if self.output_error:
+            header += f"  {'rel. output error':>17}"
+        lines += [header, "-" * len(header)]
+        for t in sorted(self.accuracy):
+            row = f"{t:>6}  {self.accuracy[t]:>9.2f}"
+            if self.ann_accuracy is not None:
+                row += f"  {self.accuracy[t] - self.ann_accuracy:>+7.2f}"
+            if self.output_error:
+                row += f"  {self.output_error.get(t, float('nan')):>17.4f}"
+            lines.append(row)
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["accuracy"] = {str(k): v for k, v in self.accuracy.items()}
+        d["output_error"] = {str(k): v for k, v in self.output_error.items()}
+        return d
+
+    def to_json(self, path: Optional[str] = None) -> str:
+        """The curve as JSON; written atomically to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            write_atomic(path, text.encode())
+        return text
+
+    def to_csv(self, path: Optional[str] = None) -> str:
+        """Rows ``T, snn_accuracy, ann_accuracy, output_error``; written to ``path`` if given."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["timesteps", "snn_accuracy", "ann_accuracy", "output_error"])
+        for t in sorted(self.accuracy):
+            w.writerow([t, f"{self.accuracy[t]:.4f}", self.ann_accuracy, self.output_error.get(t)])
+        text = buf.getvalue()
+        if path is not None:
+            write_atomic(path, text.encode())
+        return text
+
+    def plot(self, path: str, title: Optional[str] = None) -> None:
+        """Save a PNG plot of accuracy versus T (log2 axis) with the ANN's accuracy."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ts = sorted(self.accuracy)
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.plot(ts, [self.accuracy[t] for t in ts], "o-", label="SNN")
+        if self.ann_accuracy is not None:
+            ax.axhline(self.ann_accuracy, color="k", ls="--", lw=1, label="ANN")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title or f"SNN accuracy vs time steps ({self.meta.get('mode', '')})")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        write_atomic(path, buf.getvalue())
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _labels(batch: Any) -> torch.Tensor:
+    if isinstance(batch, (tuple, list)) and len(batch) > 1:
+        return batch[1]
+    if isinstance(batch, dict):
+        for key in ("label", "labels", "target", "targets", "y"):
+            if key in batch:
+                return batch[key]
+    raise TypeError("evaluation batches must be (input, label) pairs or dicts with a 'label' key")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    *,
+    ann: Optional[nn.Module] = None,
+    max_batches: Optional[int] = None,
+    progress: bool = False,
+    **convert_kwargs: Any,
+) -> AccuracyCurve:
+    """Accuracy at every requested T from ONE simulation to the largest T per batch.
+
+    Args:
+        model: a :class:`SpikingModel`, or an ANN, which is then converted with
+            ``convert_kwargs`` calibrating on ``loader``.
+        loader: batches of ``(input, label)``.
+        timesteps: the T values to report.
+        ann: the ANN for reference (default: the SNN's own copy of its ANN).
+        max_batches: evaluate only this many batches.
+
+    Returns:
+        An :class:`AccuracyCurve`.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, SpikingModel):
+        from .api import convert
+
+        ann = model if ann is None else ann
+        model = convert(model, calib_data=loader, **convert_kwargs)
+    ts = sorted({int(t) for t in timesteps})
+    if not ts or ts[0] < 1:
+        raise ValueError(f"timesteps must be positive integers, got {list(timesteps)}")
+    ann = ann if ann is not None else model.ann
+    device = _device_of(model)
+    t_max = ts[-1]
+    correct = {t: 0 for t in ts}
+    err_sum = {t: 0.0 for t in ts}
+    ann_norm = 0.0
+    ann_correct = 0
+    total = 0
+    n_batches = None
+    try:
+        n_batches = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    if max_batches is not None:
+        n_batches = max_batches if n_batches is None else min(n_batches, max_batches)
+    bar = tqdm(total=n_batches, desc=f"evaluating T<={t_max}", disable=not progress, leave=False)
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = batch_input(batch).to(device)
+        y = _labels(batch).to(device)
+        ref = ann(x) if ann is not None else None
+        if ref is not None:
+            ann_correct += int((ref.argmax(1) == y).sum())
+            ann_norm += float(ref.abs().mean(dim=tuple(range(1, ref.dim()))).sum())
+        cum = None
+        t_done = 0
+        for chunk in model.simulate(x, t_max):
+            for out in chunk:
+                cum = out.clone() if cum is None else cum.add_(out)
+                t_done += 1
+                if t_done in correct:
+                    correct[t_done] += int((cum.argmax(1) == y).sum())
+                    if ref is not None:
+                        avg = cum / t_done
+                        dims = tuple(range(1, ref.dim()))
+                        err_sum[t_done] += float((avg - ref).abs().mean(dim=dims).sum())
+        total += int(y.shape[0])
+        bar.update(1)
+    bar.close()
+    if total == 0:
+        raise ValueError("the evaluation data yielded no batch")
+    curve = AccuracyCurve(
+        accuracy={t: 100.0 * correct[t] / total for t in ts},
+        ann_accuracy=100.0 * ann_correct / total if ann is not None else None,
+        output_error=(
+            {t: err_sum[t] / max(ann_norm, 1e-12) for t in ts} if ann is not None else {}
+        ),
+        samples=total,
+        meta=dict(model.meta),
+    )
+    return curve

@@ -1,0 +1,139 @@
+"""Modules that appear in converted graphs: the canonical activation and the IF neuron."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+Number = Union[float, int]
+
+
+def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a scalar or per-channel (dim 1) tensor so it broadcasts against ``x``."""
+    if t.numel() == 1:
+        return t.reshape(())
+    return t.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+class Activation(nn.Module):
+    """The single activation node every ReLU-family op becomes: ``clamp(x, 0, clip)``.
+
+    ``threshold`` is the value at which the converted IF neuron fires (1 when the
+    normalization scale was folded into the producing layer, the scale itself otherwise).
+    After normalization the output is in units of the threshold (a firing rate): the
+    normalization scale ``scale`` is multiplied back in by the consumers.
+
+    Args:
+        clip: upper clip of the activation (6 for ReLU6, ``a`` for Hardtanh(0, a)), or None.
+    """
+
+    def __init__(self, clip: Optional[Number] = None) -> None:
+        super().__init__()
+        self.register_buffer("clip", None if clip is None else torch.tensor(float(clip)))
+        self.register_buffer("threshold", None)
+        self.register_buffer("scale", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(x)
+        if self.clip is not None:
+            y = torch.minimum(y, _channel_view(self.clip, x))
+        if self.threshold is not None:
+            y = y / _channel_view(self.threshold, x)
+        return y
+
+    def extra_repr(self) -> str:
+        return "" if self.clip is None else f"clip={self.clip.tolist()}"
+
+
+class Scale(nn.Module):
+    """Multiply by a scalar or per-channel (dim 1) factor (an unfolded normalization scale)."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _channel_view(self.scale, x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.scale.numel()}"
+
+
+class IFNeuron(nn.Module):
+    """Integrate-and-fire neurons with soft reset (subtract the threshold on a spike).
+
+    Per element, for each time step: ``v += x[t]; s[t] = v >= threshold;
+    v -= s[t] * threshold``, with ``v`` starting at ``v_init * threshold``. The simulator
+    (:class:`ann2snn.spiking.SpikingModel`) sets :attr:`steps` so that one call processes a
+    chunk of ``steps`` time steps stacked along the batch dimension (``[steps * B, ...]``);
+    with the default ``steps = 1`` each call is one time step. The membrane is kept between
+    calls until :meth:`reset`.
+
+    Args:
+        threshold: firing threshold, a scalar or one value per channel (dim 1).
+        v_init: initial membrane potential as a fraction of the threshold.
+    """
+
+    def __init__(self, threshold: Union[Number, torch.Tensor] = 1.0, v_init: float = 0.5) -> None:
+        super().__init__()
+        thr = torch.as_tensor(threshold, dtype=torch.float32).detach().clone().reshape(-1)
+        if torch.any(thr <= 0):
+            raise ValueError("IFNeuron thresholds must be positive")
+        self.register_buffer("threshold", thr)
+        self.v_init = float(v_init)
+        self.register_buffer("scale", None)  # normalization scale in ANN units (diagnostics)
+        self.steps = 1
+        self.static_input = False  # input is the same every step: [B, ...] instead of [T*B, ...]
+        self.monitor = False
+        self.v: Optional[torch.Tensor] = None
+        self.spike_count = 0.0
+        self.neuron_steps = 0
+
+    def reset(self) -> None:
+        """Forget the membrane potential (and monitored spike counts)."""
+        self.v = None
+        self.spike_count = 0.0
+        self.neuron_steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import ops
+
+        steps = self.steps
+        if self.static_input:
+            currents = x.unsqueeze(0).expand((steps,) + tuple(x.shape))
+        else:
+            if x.shape[0] % steps:
+                raise RuntimeError(
+                    f"IFNeuron got a batch of {x.shape[0]} that is not a multiple of "
+                    f"steps={steps}; reset() the neuron and set steps consistently"
+                )
+            currents = x.reshape((steps, x.shape[0] // steps) + tuple(x.shape[1:]))
+        per_step = currents.shape[1:]
+        if self.v is None or tuple(self.v.shape) != tuple(per_step):
+            thr = self.threshold.to(x.device)
+            self.v = (self.v_init * _channel_view(thr, currents[0])).expand(per_step).float()
+            self.v = self.v.contiguous()
+        spikes, self.v = ops.if_multistep(currents, self.v, self.threshold.to(x.device))
+        if self.monitor:
+            self.spike_count += float(spikes.sum())
+            self.neuron_steps += spikes.numel()
+        return spikes.reshape((-1,) + tuple(per_step[1:]))
+
+    def extra_repr(self) -> str:
+        thr = self.threshold
+        t = f"{thr.item():.4g}" if thr.numel() == 1 else f"per-channel[{thr.numel()}]"
+        return f"threshold={t}, v_init={self.v_init}"
+
+
+class RepeatInTime(nn.Module):
+    """Broadcast a time-invariant ``[B, ...]`` tensor to ``[steps * B, ...]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rep = x.unsqueeze(0).expand((self.steps,) + tuple(x.shape))
+        return rep.reshape((-1,) + tuple(x.shape[1:]))

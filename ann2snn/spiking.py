@@ -1,0 +1,102 @@
+"""SpikingModel: a converted spiking fx graph and its simulation over time."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import fx, nn
+
+from .neuron import IFNeuron, RepeatInTime
+
+# Activation memory one chunk of time may take (elements of the largest activation tensor).
+CHUNK_ELEMENT_BUDGET = 64 * 2**20
+MAX_CHUNK_STEPS = 32
+
+
+class SpikingModel(nn.Module):
+    """A converted SNN. Call it like the ANN, with a number of time steps.
+
+    ``snn(x, timesteps=T)`` presents the static input ``x`` as a constant current for ``T``
+    steps and returns the output layer's time-averaged value (the readout integrates the
+    output layer's input current; it does not spike). State is reset on every call.
+
+    Attributes:
+        graph_module: the spiking ``fx.GraphModule`` (``static_prefix`` + ``time_loop``).
+        ann: the original ANN (a deep copy, eval mode), for reference, or None.
+        meta: conversion settings and statistics.
+    """
+
+    def __init__(
+        self,
+        graph_module: fx.GraphModule,
+        ann: Optional[nn.Module] = None,
+        meta: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.ann = ann
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    # -- structure -------------------------------------------------------------------
+    def neurons(self) -> List[Tuple[str, IFNeuron]]:
+        """(name, module) of every IF layer, in graph order."""
+        return [(n, m) for n, m in self.graph_module.named_modules() if isinstance(m, IFNeuron)]
+
+    def reset(self) -> None:
+        """Reset every membrane potential (done automatically by each simulation)."""
+        for m in self.graph_module.modules():
+            if isinstance(m, IFNeuron):
+                m.reset()
+
+    def _set_steps(self, steps: int) -> None:
+        for m in self.graph_module.time_loop.modules():
+            if isinstance(m, (IFNeuron, RepeatInTime)):
+                m.steps = steps
+
+    def chunk_steps(self, batch: int, timesteps: int) -> int:
+        """Time steps per chunk for a batch size: bounded memory, independent of T."""
+        largest = int(self.graph_module.meta.get("largest_activation", 1))
+        by_memory = max(1, CHUNK_ELEMENT_BUDGET // max(1, batch * largest))
+        return max(1, min(timesteps, MAX_CHUNK_STEPS, by_memory))
+
+    # -- simulation ------------------------------------------------------------------
+    @torch.no_grad()
+    def simulate(
+        self, x: torch.Tensor, timesteps: int, chunk_steps: Optional[int] = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield the output of every time step, one chunk ``[steps, B, ...]`` at a time.
+
+        Args:
+            x: a static input batch ``[B, ...]``.
+            timesteps: number of time steps T.
+            chunk_steps: time steps per chunk (default: :meth:`chunk_steps`).
+        """
+        if not isinstance(timesteps, int) or timesteps < 1:
+            raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
+        self.reset()
+        gm = self.graph_module
+        static_values = gm.static_prefix(x)
+        batch = x.shape[0]
+        chunk = chunk_steps or self.chunk_steps(batch, timesteps)
+        done = 0
+        while done < timesteps:
+            steps = min(chunk, timesteps - done)
+            self._set_steps(steps)
+            out = gm.time_loop(*static_values)
+            yield out.reshape((steps, batch) + tuple(out.shape[1:]))
+            done += steps
+        self._set_steps(1)
+
+    def forward(
+        self, x: torch.Tensor, timesteps: int = 32, chunk_steps: Optional[int] = None
+    ) -> torch.Tensor:
+        """The time-averaged output over ``timesteps`` steps for the static input ``x``."""
+        total = None
+        for out in self.simulate(x, timesteps, chunk_steps):
+            s = out.sum(0)
+            total = s if total is None else total + s
+        return total / timesteps
+
+    def extra_repr(self) -> str:
+        return f"neuron_layers={len(self.neurons())}, mode={self.meta.get('mode')!r}"

@@ -1,0 +1,149 @@
+"""Tracing user models into torch.fx graphs, with errors that say how to fix a failed trace."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional, Type
+
+import torch
+from torch import fx, nn
+
+from .errors import ConversionError
+
+
+class SNNTracer(fx.Tracer):
+    """An ``fx.Tracer`` that keeps the user's source lines and honours extra leaf modules.
+
+    Args:
+        leaf_modules: module types that are kept as single ``call_module`` nodes instead of
+            being traced through (for blocks with data-dependent control flow).
+    """
+
+    def __init__(self, leaf_modules: Iterable[Type[nn.Module]] = ()) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self.extra_leaf_types = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.extra_leaf_types and isinstance(m, self.extra_leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(
+    model: nn.Module,
+    *,
+    leaf_modules: Iterable[Type[nn.Module]] = (),
+    concrete_args: Optional[Dict[str, Any]] = None,
+) -> fx.GraphModule:
+    """Trace ``model`` into an ``fx.GraphModule``; an existing GraphModule is returned as is.
+
+    Args:
+        model: the ANN, in eval mode.
+        leaf_modules: module types not to trace through.
+        concrete_args: values for arguments that steer Python control flow
+            (as in ``torch.fx.symbolic_trace``).
+
+    Returns:
+        The traced GraphModule (source lines recorded in ``node.stack_trace``).
+
+    Raises:
+        ConversionError: when symbolic tracing fails, naming the cause and the fix.
+    """
+    if isinstance(model, fx.GraphModule):
+        return model
+    tracer = SNNTracer(leaf_modules)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError ...
+        raise ConversionError(_trace_failure_message(model, exc)) from exc
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _trace_failure_message(model: nn.Module, exc: Exception) -> str:
+    return (
+        f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}\n"
+        "Symbolic tracing runs forward() with proxies instead of tensors, so Python control "
+        "flow that depends on tensor values or shapes (an `if` on x.size(), a loop over "
+        "x.shape[0], asserts on shapes) cannot be recorded. Fixes: (1) pass "
+        "`leaf_modules=(TheBlockClass,)` to keep that block as one opaque module (it is then "
+        "refused unless it is a supported layer), (2) pass `concrete_args={'arg': value}` to "
+        "fix the arguments that steer control flow, or (3) rewrite the shape logic with "
+        "tensor ops (e.g. torch.flatten(x, 1) instead of x.view(x.size(0), -1) under an if)."
+    )
+
+
+def user_source_line(node: fx.Node) -> str:
+    """The innermost user frame of ``node.stack_trace`` as ``file:line: code``, or ''."""
+    trace_text = node.stack_trace or ""
+    lines = [ln.strip() for ln in trace_text.strip().splitlines() if ln.strip()]
+    # stack_trace is "File ..., line N, in fn\n    code" pairs; the last pair is innermost.
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("File "):
+            where = lines[i]
+            code = (
+                lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+            )
+            try:
+                file_part, line_part = where.split(", line ")[:2]
+                file_name = file_part[len('File "') : -1]
+                line_no = line_part.split(",")[0]
+                where = f"{file_name}:{line_no}"
+            except ValueError:
+                pass
+            return f"{where}: {code}" if code else where
+    return ""
+
+
+def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
+    """A one-line human description of ``node``: op, target and source line."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        what = f"module {node.target!r} ({type(mod).__module__}.{type(mod).__name__})"
+    elif node.op == "call_function":
+        fn = node.target
+        what = f"function {getattr(fn, '__module__', '') or ''}.{getattr(fn, '__name__', fn)}"
+    elif node.op == "call_method":
+        what = f"method Tensor.{node.target}"
+    else:
+        what = f"{node.op} {node.target}"
+    src = user_source_line(node)
+    return f"node '{node.name}': {what}" + (f" at {src}" if src else "")
+
+
+def is_module(gm: fx.GraphModule, node: fx.Node, types: Any) -> bool:
+    """True when ``node`` calls a submodule of exactly one of ``types``."""
+    if node.op != "call_module":
+        return False
+    types = types if isinstance(types, tuple) else (types,)
+    return type(gm.get_submodule(str(node.target))) in types
+
+
+def replace_submodule(gm: fx.GraphModule, qualified_name: str, new: nn.Module) -> None:
+    """Swap the submodule at ``qualified_name`` through its parent and ``setattr``."""
+    parent_name, _, attr = qualified_name.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, attr, new)
+
+
+def add_submodule(gm: fx.GraphModule, base_name: str, module: nn.Module) -> str:
+    """Add ``module`` under a fresh top-level name derived from ``base_name``; return the name."""
+    base = base_name.replace(".", "_")
+    name, i = base, 1
+    while hasattr(gm, name):
+        name = f"{base}_{i}"
+        i += 1
+    gm.add_module(name, module)
+    return name
+
+
+def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    """End a pass: lint, drop unused submodules, recompile."""
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def tensor_of(value: Any) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value)

@@ -1,0 +1,250 @@
+"""How each op of a traced graph converts, registered once per module type or callable.
+
+Kinds:
+    ``weighted``   Conv/Linear: linear in time; normalization scales fold into its weights.
+    ``activation`` the canonical :class:`ann2snn.neuron.Activation`; becomes an IF neuron.
+    ``linear``     ops that commute with averaging over time (pooling by average, add,
+                   cat, reshapes, affine BatchNorm, scaling by constants ...).
+    ``maxpool``    max pooling (nonlinear; converted with a dedicated method).
+    ``shape``      ops on shapes/sizes or tuples (no tensor arithmetic).
+    ``spiking``    modules that already belong to a converted graph.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ann2snn.neuron import Activation, IFNeuron, RepeatInTime, Scale
+
+Check = Callable[[fx.GraphModule, fx.Node], Optional[str]]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How one module type, function or Tensor method converts."""
+
+    kind: str
+    check: Optional[Check] = None  # returns why this particular node cannot convert, or None
+
+
+_RULES: Dict[Tuple[str, Any], OpRule] = {}
+
+
+def register_op(op: str, *targets: Any, kind: str, check: Optional[Check] = None) -> None:
+    """Register how ``targets`` convert. ``op`` is 'call_module' (targets are module types),
+    'call_function' (callables) or 'call_method' (method names).
+
+    Raises:
+        ValueError: when a target is registered twice.
+    """
+    for target in targets:
+        key = (op, target)
+        if key in _RULES:
+            raise ValueError(f"{op} {target!r} is already registered as {_RULES[key].kind}")
+        _RULES[key] = OpRule(kind, check)
+
+
+def rule_for(gm: fx.GraphModule, node: fx.Node) -> Optional[OpRule]:
+    """The registered rule for ``node``, or None if the op is not supported."""
+    if node.op == "call_module":
+        return _RULES.get(("call_module", type(gm.get_submodule(str(node.target)))))
+    if node.op in ("call_function", "call_method"):
+        return _RULES.get((node.op, node.target))
+    return None
+
+
+def kind_of(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    rule = rule_for(gm, node)
+    return rule.kind if rule else None
+
+
+def depends_on_input(node: Any) -> bool:
+    """True when ``node`` is an fx node whose value is computed from a graph input."""
+    if not isinstance(node, fx.Node):
+        return False
+    cache = node.meta.setdefault("_ann2snn_dep", {})
+    if "input" not in cache:
+        if node.op == "placeholder":
+            cache["input"] = True
+        else:
+            cache["input"] = any(depends_on_input(a) for a in node.all_input_nodes)
+    return cache["input"]
+
+
+def _is_tensor_node(arg: Any) -> bool:
+    if not isinstance(arg, fx.Node):
+        return False
+    meta = arg.meta.get("tensor_meta")
+    if meta is None:
+        return depends_on_input(arg) and arg.op != "call_method" or arg.op == "get_attr"
+    return hasattr(meta, "shape")
+
+
+def _at_most_one_signal(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    signals = [a for a in node.args if _is_tensor_node(a) and depends_on_input(a)]
+    if len(signals) > 1:
+        return (
+            "multiplies two signals computed from the input (a product of activations, as in "
+            "gating or attention), which spiking neurons cannot represent"
+        )
+    if node.target in (operator.truediv, torch.div, "div") and len(node.args) > 1:
+        if _is_tensor_node(node.args[1]) and depends_on_input(node.args[1]):
+            return "divides by a signal computed from the input"
+    return None
+
+
+def _hardtanh_from_zero(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    mod = gm.get_submodule(str(node.target))
+    if mod.min_val != 0.0:
+        return f"Hardtanh(min_val={mod.min_val}) is not a ReLU-family activation (needs 0)"
+    return None
+
+
+def _constant_pad(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+    if mode != "constant" or (value or 0.0) != 0.0:
+        return f"padding mode={mode!r} value={value} is not zero padding"
+    return None
+
+
+def _shape_getattr(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    if len(node.args) > 1 and node.args[1] in ("shape", "dtype", "device", "ndim", "T"):
+        return None
+    return f"reads attribute {node.args[1:]!r} of a tensor"
+
+
+def _average_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    dtype = node.kwargs.get("dtype")
+    return None if dtype is None else "mean with a dtype argument"
+
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+register_op("call_module", *_CONV, nn.Linear, kind="weighted")
+register_op("call_module", Activation, kind="activation")
+register_op("call_module", nn.ReLU, nn.ReLU6, kind="activation")
+register_op("call_module", nn.Hardtanh, kind="activation", check=_hardtanh_from_zero)
+register_op("call_function", F.relu, torch.relu, torch.relu_, F.relu6, kind="activation")
+register_op("call_method", "relu", "relu_", kind="activation")
+register_op(
+    "call_module",
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.ZeroPad2d,
+    nn.ChannelShuffle,
+    Scale,
+    kind="linear",
+)
+register_op("call_module", nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, kind="maxpool")
+register_op("call_module", nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, kind="maxpool")
+register_op(
+    "call_function",
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    torch.amax,
+    kind="maxpool",
+)
+register_op("call_module", IFNeuron, RepeatInTime, kind="spiking")
+register_op(
+    "call_function",
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.neg,
+    torch.add,
+    torch.sub,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.flatten,
+    torch.reshape,
+    torch.transpose,
+    torch.permute,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.chunk,
+    torch.split,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.dropout,
+    F.dropout2d,
+    F.linear,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.batch_norm,
+    torch.sum,
+    kind="linear",
+)
+register_op("call_function", torch.mean, kind="linear", check=_average_only)
+register_op("call_method", "mean", kind="linear", check=_average_only)
+register_op("call_function", F.pad, kind="linear", check=_constant_pad)
+register_op(
+    "call_function",
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    torch.mul,
+    torch.div,
+    kind="linear",
+    check=_at_most_one_signal,
+)
+register_op("call_method", "mul", "div", "mul_", "div_", kind="linear", check=_at_most_one_signal)
+register_op(
+    "call_method",
+    "add",
+    "add_",
+    "sub",
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "chunk",
+    "split",
+    "sum",
+    "expand_as",
+    "view_as",
+    "reshape_as",
+    "float",
+    "clone",
+    "detach",
+    kind="linear",
+)
+register_op("call_method", "size", "dim", kind="shape")
+register_op("call_function", operator.getitem, kind="shape")
+register_op("call_function", getattr, kind="shape", check=_shape_getattr)
+register_op("call_function", operator.floordiv, kind="shape")
