@@ -8,6 +8,8 @@ from typing import Any, Iterable, Iterator, List, Optional
 import torch
 from torch import nn
 
+from .tracing import register_leaf_module
+
 INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
 
 
@@ -85,6 +87,7 @@ def quantile_from_top(top_sorted: torch.Tensor, n: int, q: float) -> torch.Tenso
     return a + (b - a) * frac
 
 
+@register_leaf_module
 class ActivationObserver(nn.Module):
     """Identity module recording exact statistics of the activation it follows.
 

@@ -7,6 +7,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from .tracing import register_leaf_module
+
 Number = Union[float, int]
 
 
@@ -17,6 +19,7 @@ def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape((1, -1) + (1,) * (x.dim() - 2))
 
 
+@register_leaf_module
 class Activation(nn.Module):
     """The single activation node every ReLU-family op becomes: ``clamp(x, 0, clip)``.
 
@@ -47,6 +50,7 @@ class Activation(nn.Module):
         return "" if self.clip is None else f"clip={self.clip.tolist()}"
 
 
+@register_leaf_module
 class Scale(nn.Module):
     """Multiply by a scalar or per-channel (dim 1) factor (an unfolded normalization scale)."""
 
@@ -61,6 +65,7 @@ class Scale(nn.Module):
         return f"channels={self.scale.numel()}"
 
 
+@register_leaf_module
 class IFNeuron(nn.Module):
     """Integrate-and-fire neurons with soft reset (subtract the threshold on a spike).
 
@@ -127,6 +132,7 @@ class IFNeuron(nn.Module):
         return f"threshold={t}, v_init={self.v_init}"
 
 
+@register_leaf_module
 class RepeatInTime(nn.Module):
     """Broadcast a time-invariant ``[B, ...]`` tensor to ``[steps * B, ...]``."""
 

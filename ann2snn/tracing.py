@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Type
+import re
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
 from torch import fx, nn
 
 from .errors import ConversionError
+
+_FRAME = re.compile(r'\s*File "([^"]+)", line (\d+)')
+_LIBRARY_PARTS = ("/torch/", "/ann2snn/tracing.py", "/ann2snn/api.py")
+
+
+_LEAF_TYPES: List[Type[nn.Module]] = []
+
+
+def register_leaf_module(cls: Type[nn.Module]) -> Type[nn.Module]:
+    """Class decorator: ann2snn's own modules stay single nodes when a graph is traced."""
+    _LEAF_TYPES.append(cls)
+    return cls
 
 
 class SNNTracer(fx.Tracer):
@@ -24,7 +37,7 @@ class SNNTracer(fx.Tracer):
         self.extra_leaf_types = tuple(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self.extra_leaf_types and isinstance(m, self.extra_leaf_types):
+        if isinstance(m, tuple(_LEAF_TYPES)) or isinstance(m, self.extra_leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -73,25 +86,30 @@ def _trace_failure_message(model: nn.Module, exc: Exception) -> str:
     )
 
 
+def _frames(stack_trace: str) -> List[Tuple[str, str, str]]:
+    """(file, line, code) for each frame of an fx ``stack_trace``, outermost first."""
+    frames = []
+    lines = stack_trace.splitlines()
+    for i, raw in enumerate(lines):
+        m = _FRAME.match(raw)
+        if m:
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if _FRAME.match(code or ""):
+                code = ""
+            frames.append((m.group(1), m.group(2), code))
+    return frames
+
+
+def _is_library_file(path: str) -> bool:
+    norm = path.replace("\\", "/")
+    return any(part in norm for part in _LIBRARY_PARTS)
+
+
 def user_source_line(node: fx.Node) -> str:
-    """The innermost user frame of ``node.stack_trace`` as ``file:line: code``, or ''."""
-    trace_text = node.stack_trace or ""
-    lines = [ln.strip() for ln in trace_text.strip().splitlines() if ln.strip()]
-    # stack_trace is "File ..., line N, in fn\n    code" pairs; the last pair is innermost.
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("File "):
-            where = lines[i]
-            code = (
-                lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
-            )
-            try:
-                file_part, line_part = where.split(", line ")[:2]
-                file_name = file_part[len('File "') : -1]
-                line_no = line_part.split(",")[0]
-                where = f"{file_name}:{line_no}"
-            except ValueError:
-                pass
-            return f"{where}: {code}" if code else where
+    """The innermost frame of ``node.stack_trace`` in user code, as ``file:line: code``."""
+    for file_name, line_no, code in reversed(_frames(node.stack_trace or "")):
+        if not _is_library_file(file_name):
+            return f"{file_name}:{line_no}: {code}" if code else f"{file_name}:{line_no}"
     return ""
 
 

@@ -87,15 +87,16 @@ def _is_tensor_node(arg: Any) -> bool:
 
 
 def _at_most_one_signal(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    divisions = (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+    if node.target in divisions and len(node.args) > 1:
+        if _is_tensor_node(node.args[1]) and depends_on_input(node.args[1]):
+            return "divides by a signal computed from the input, which is not linear"
     signals = [a for a in node.args if _is_tensor_node(a) and depends_on_input(a)]
     if len(signals) > 1:
         return (
             "multiplies two signals computed from the input (a product of activations, as in "
             "gating or attention), which spiking neurons cannot represent"
         )
-    if node.target in (operator.truediv, torch.div, "div") and len(node.args) > 1:
-        if _is_tensor_node(node.args[1]) and depends_on_input(node.args[1]):
-            return "divides by a signal computed from the input"
     return None
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up a virtual environment (once) and run the demo or the tests.
+#   bash run.sh demo     convert a bundled model, print its accuracy-versus-T table
+#   bash run.sh test     run the test suite
+# Extra arguments go to the command (e.g. `bash run.sh test -k fold`).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${ANN2SNN_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+if ! python -c "import ann2snn, pytest, onnxruntime" >/dev/null 2>&1; then
+  python -m pip install -q --upgrade pip
+  python -m pip install -q -e ".[test]"
+fi
+if [ -z "${ANN2SNN_DATA:-}" ] && [ -d ../shared/datasets ]; then
+  ANN2SNN_DATA="$(cd ../shared/datasets && pwd)"
+  export ANN2SNN_DATA
+fi
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+  demo) exec ann2snn demo "$@" ;;
+  test) exec python -m pytest -q tests "$@" ;;
+  *) echo "usage: bash run.sh demo|test [args...]" >&2; exit 2 ;;
+esac
