@@ -1,0 +1,185 @@
+"""The integrate-and-fire custom op ``torch.ops.ann2snn.if_multistep``.
+
+``if_multistep(x, v, threshold) -> (spikes, v_out)`` runs T steps of an integrate-and-fire
+neuron with soft reset over time-major input currents ``x`` of shape ``[T, *S]``. Per
+element, in float32 and in exactly this order::
+
+    for t in range(T):
+        v = v + x[t]
+        s[t] = 1.0 if v >= threshold else 0.0
+        v = v - s[t] * threshold
+
+``spikes`` has the shape and dtype of ``x``; ``v_out`` (shape ``S``, float32) is the
+membrane potential after the last step, so a long simulation can be run in chunks of
+time by feeding ``v_out`` back as the next chunk's ``v``.
+
+The op is declared here with ``torch.library``: its schema, a fake (meta) kernel for
+tracing and ``torch.compile``, and the pure-torch reference below, registered under
+``CompositeExplicitAutograd`` as the fallback for every device. On import, the C++ CPU
+kernel (and the CUDA kernel, where a GPU and nvcc exist) in ``ann2snn/csrc`` is built
+just in time (cached after the first build; see :mod:`ann2snn._build`) and registered
+per device; those kernels are bit-identical to the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ann2snn import _build
+
+__all__ = [
+    "backend_info",
+    "compiled_cpu_available",
+    "if_multistep",
+    "if_multistep_reference",
+]
+
+_X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_OP = "ann2snn::if_multistep"
+
+# Kept at module level: the registrations live as long as this object does.
+_lib = torch.library.Library("ann2snn", "DEF")
+_lib.define("if_multistep(Tensor x, Tensor v, Tensor threshold) -> (Tensor, Tensor)")
+
+
+def _check_inputs(x: Tensor, v: Tensor, threshold: Tensor) -> None:
+    # Same checks and wording as check_if_inputs in csrc/if_neuron.h.
+    if x.dim() < 1:
+        raise ValueError(
+            f"{_OP}: x must have at least 1 dimension (time-major [T, *S]), got a 0-dim tensor"
+        )
+    if not (x.device == v.device == threshold.device):
+        raise ValueError(
+            f"{_OP}: x, v and threshold must be on the same device, got x on {x.device}, "
+            f"v on {v.device}, threshold on {threshold.device}"
+        )
+    if x.dtype not in _X_DTYPES:
+        raise TypeError(f"{_OP}: x must be float32, float16 or bfloat16, got {x.dtype}")
+    if v.dtype != torch.float32:
+        raise TypeError(f"{_OP}: v (membrane potential) must be float32, got {v.dtype}")
+    if threshold.dtype != torch.float32:
+        raise TypeError(f"{_OP}: threshold must be float32, got {threshold.dtype}")
+    step_shape = x.shape[1:]
+    if v.shape != step_shape:
+        raise ValueError(
+            f"{_OP}: v must have shape x.shape[1:] = {list(step_shape)}, got {list(v.shape)}"
+        )
+    n = threshold.numel()
+    if n == 1:
+        return
+    if len(step_shape) < 2:
+        raise ValueError(
+            f"{_OP}: threshold must have 1 element (scalar threshold) because x.shape[1:] = "
+            f"{list(step_shape)} has no channel dimension, got {n} elements"
+        )
+    if threshold.dim() != 1 or n != step_shape[1]:
+        raise ValueError(
+            f"{_OP}: threshold must have 1 element (scalar threshold) or be 1-D with "
+            f"S[1] = {step_shape[1]} elements (one per channel, dim 2 of x), got shape "
+            f"{list(threshold.shape)}"
+        )
+
+
+def if_multistep_reference(x: Tensor, v: Tensor, threshold: Tensor) -> Tuple[Tensor, Tensor]:
+    """Pure-torch reference of ``if_multistep``: a Python loop over time steps.
+
+    This is the definition the compiled kernels are tested against, and the fallback
+    when they are not available.
+
+    Args:
+        x: Input currents, time-major ``[T, *S]``; float32, float16 or bfloat16.
+        v: Initial membrane potential, shape ``S``, float32.
+        threshold: float32; 1 element, or 1-D with ``S[1]`` elements (per channel).
+
+    Returns:
+        ``(spikes, v_out)``: contiguous spikes (0/1, shape and dtype of ``x``) and the
+        final membrane potential (shape ``S``, float32, a new tensor).
+
+    Raises:
+        ValueError: On a shape or device mismatch.
+        TypeError: On a wrong dtype.
+    """
+    _check_inputs(x, v, threshold)
+    step_shape = x.shape[1:]
+    if threshold.numel() == 1:
+        theta = threshold.reshape(())
+    else:
+        theta = threshold.reshape([-1] + [1] * (len(step_shape) - 2))
+    spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    v = v.clone(memory_format=torch.contiguous_format)
+    s = torch.empty(step_shape, dtype=torch.float32, device=x.device)
+    for t in range(x.shape[0]):
+        v.add_(x[t])
+        torch.ge(v, theta, out=s)  # writes 1.0 / 0.0 into the float32 buffer
+        v.sub_(s * theta)
+        spikes[t].copy_(s)
+    return spikes, v
+
+
+def _if_multistep_fake(x: Tensor, v: Tensor, threshold: Tensor) -> Tuple[Tensor, Tensor]:
+    _check_inputs(x, v, threshold)
+    return x.new_empty(x.shape), v.new_empty(v.shape)
+
+
+_lib.impl("if_multistep", if_multistep_reference, "CompositeExplicitAutograd")
+torch.library.register_fake(_OP, _if_multistep_fake, lib=_lib)
+
+_BUILD = _build.build_and_load()
+
+
+def if_multistep(x: Tensor, v: Tensor, threshold: Union[Tensor, float]) -> Tuple[Tensor, Tensor]:
+    """Runs T integrate-and-fire steps with soft reset (``torch.ops.ann2snn.if_multistep``).
+
+    Dispatches to the compiled kernel for ``x``'s device when there is one, else to
+    :func:`if_multistep_reference`; results are bit-identical either way.
+
+    Args:
+        x: Input currents, time-major ``[T, *S]``; float32 (or float16/bfloat16). May be
+            non-contiguous; ``x0.unsqueeze(0).expand(T, *S)`` (constant input) is read
+            without being materialized.
+        v: Initial membrane potential, shape ``S``, float32.
+        threshold: A float, a 1-element float32 tensor, or a 1-D float32 tensor with
+            ``S[1]`` elements (per-channel threshold; channel = dim 2 of ``x``).
+
+    Returns:
+        ``(spikes, v_out)``: spikes (0/1, shape and dtype of ``x``) and the membrane
+        potential after the last step (shape ``S``, float32).
+
+    Raises:
+        ValueError / TypeError (reference) or RuntimeError (compiled kernels): On wrong
+        dtypes, shapes or devices; the message says which.
+
+    Example:
+        >>> x = torch.full((4, 1), 0.6)
+        >>> spikes, v = if_multistep(x, torch.zeros(1), 1.0)
+        >>> spikes.flatten().tolist(), v.tolist()
+        ([0.0, 1.0, 0.0, 1.0], [0.3999999761581421])
+    """
+    if not isinstance(threshold, Tensor):
+        threshold = torch.tensor([float(threshold)], dtype=torch.float32, device=x.device)
+    return torch.ops.ann2snn.if_multistep(x, v, threshold)
+
+
+def backend_info() -> Dict[str, Any]:
+    """Which implementation ``if_multistep`` uses on each device (for ``ann2snn info``).
+
+    Returns:
+        ``{"cpu": "compiled" | "reference", "cuda": "compiled" | "reference" |
+        "unavailable", "reason": str | None, "library": str | None,
+        "build_seconds": float}``.
+    """
+    return {
+        "cpu": _BUILD.cpu,
+        "cuda": _BUILD.cuda,
+        "reason": _BUILD.reason,
+        "library": _BUILD.library,
+        "build_seconds": round(_BUILD.seconds, 3),
+    }
+
+
+def compiled_cpu_available() -> bool:
+    """True when the compiled C++ kernel serves ``if_multistep`` on the CPU."""
+    return _BUILD.cpu == "compiled"

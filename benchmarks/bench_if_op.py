@@ -1,0 +1,162 @@
+"""Benchmark of the integrate-and-fire op ``torch.ops.ann2snn.if_multistep`` on the CPU.
+
+Times, on a float32 input of shape ``[T, batch, 32, 28, 28]`` (default batch 64):
+
+- ``kernel``: the compiled C++ kernel (``torch.ops.ann2snn.if_multistep``);
+- ``kernel_const``: the same with a constant input ``x0.unsqueeze(0).expand(T, ...)``,
+  which the kernel reads without materializing it;
+- ``reference``: the pure-torch per-step loop (``if_multistep_reference``);
+- ``compiled_ref``: ``torch.compile`` of the reference (skipped if it fails here);
+- ``spikingjelly``: SpikingJelly's ``IFNode(step_mode='m', v_reset=None)`` (soft reset),
+  ``backend='torch'`` (skipped if spikingjelly cannot be imported);
+- ``copy``: ``y.copy_(x)`` into a preallocated ``y``: the memory-bandwidth floor;
+- ``clone``: ``x.clone()``, i.e. a copy into a freshly allocated output, as the op must do.
+
+Each time is the median of ``--repeat`` runs after ``--warmup`` runs. Example::
+
+    python benchmarks/bench_if_op.py --T 8 32 128 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ann2snn.ops import backend_info, if_multistep, if_multistep_reference
+
+
+def _median_seconds(fn: Callable[[], object], warmup: int, repeat: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _time_copy(x: torch.Tensor, warmup: int, repeat: int) -> float:
+    y = torch.empty_like(x)
+    return _median_seconds(lambda: y.copy_(x), warmup, repeat)
+
+
+def _spikingjelly_node() -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    try:
+        from spikingjelly.activation_based import functional, neuron
+    except Exception as error:  # any import problem: report and skip
+        print(f"spikingjelly: skipped ({type(error).__name__}: {error})")
+        return None
+    node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m", backend="torch")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        functional.reset_net(node)
+        return node(x)
+
+    return run
+
+
+def _compiled_reference() -> Optional[Callable]:
+    try:
+        fn = torch.compile(if_multistep_reference, dynamic=False)
+        x = torch.rand(3, 2, 4, 5)
+        got, expected = (
+            fn(x, torch.zeros(2, 4, 5), torch.ones(1)),
+            if_multistep_reference(x, torch.zeros(2, 4, 5), torch.ones(1)),
+        )
+        if not (torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])):
+            print("compiled_ref: differs from the reference (still timed)")
+        return fn
+    except Exception as error:  # torch.compile needs a working C++ toolchain, etc.
+        print(f"compiled_ref: skipped ({type(error).__name__}: {str(error)[:200]})")
+        return None
+
+
+def bench(T: int, batch: int, warmup: int, repeat: int, skip: List[str]) -> Dict[str, float]:
+    """Times every variant for one T; returns seconds per call by variant name."""
+    shape = (T, batch, 32, 28, 28)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen) * 0.5  # keeps the neurons spiking at ~25%
+    v = torch.zeros(shape[1:])
+    threshold = torch.ones(1)
+    times: Dict[str, float] = {}
+
+    times["copy"] = _time_copy(x, warmup, repeat)
+    times["clone"] = _median_seconds(lambda: x.clone(), warmup, repeat)
+
+    expected = if_multistep(x, v, threshold)
+    reference = if_multistep_reference(x, v, threshold)
+    assert torch.equal(expected[0], reference[0]) and torch.equal(expected[1], reference[1])
+    del expected, reference
+    gc.collect()
+    times["kernel"] = _median_seconds(lambda: if_multistep(x, v, threshold), warmup, repeat)
+    x_const = x[0].unsqueeze(0).expand(shape)
+    times["kernel_const"] = _median_seconds(
+        lambda: if_multistep(x_const, v, threshold), warmup, repeat
+    )
+    if "reference" not in skip:
+        times["reference"] = _median_seconds(
+            lambda: if_multistep_reference(x, v, threshold), warmup, repeat
+        )
+    if "compiled_ref" not in skip:
+        fn = _compiled_reference()
+        if fn is not None:
+            times["compiled_ref"] = _median_seconds(lambda: fn(x, v, threshold), warmup, repeat)
+    if "spikingjelly" not in skip:
+        node = _spikingjelly_node()
+        if node is not None:
+            out = node(x)
+            assert torch.equal(out, if_multistep(x, v, threshold)[0]), "spikingjelly differs"
+            del out
+            times["spikingjelly"] = _median_seconds(lambda: node(x), warmup, repeat)
+    return times
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--T", type=int, nargs="+", default=[8, 32, 128], help="time steps")
+    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["reference", "compiled_ref", "spikingjelly"],
+        help="variants to leave out",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ops {backend_info()}")
+    names = ["copy", "clone", "kernel", "kernel_const"]
+    names += ["reference", "compiled_ref", "spikingjelly"]
+    rows = []
+    for T in args.T:
+        gb = T * args.batch * 32 * 28 * 28 * 4 / 1e9
+        print(f"T={T}: [{T}, {args.batch}, 32, 28, 28] float32, {gb:.2f} GB per tensor ...")
+        rows.append((T, bench(T, args.batch, args.warmup, args.repeat, args.skip)))
+        gc.collect()
+    present = [n for n in names if any(n in times for _, times in rows)]
+    header = f"{'T':>5} " + " ".join(f"{n:>13}" for n in present)
+    header += f" {'kernel/copy':>12} {'kernel/clone':>13} {'ref/kernel':>11}"
+    print()
+    print("times in ms (median of", args.repeat, "runs)")
+    print(header)
+    for T, times in rows:
+        cells = " ".join(f"{times[n] * 1e3:13.1f}" if n in times else f"{'-':>13}" for n in present)
+        ratio_ref = times["reference"] / times["kernel"] if "reference" in times else float("nan")
+        print(
+            f"{T:>5} {cells} {times['kernel'] / times['copy']:12.2f}"
+            f" {times['kernel'] / times['clone']:13.2f} {ratio_ref:11.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
