@@ -225,9 +225,15 @@ def calibrate(
     Raises:
         ValueError: when ``data`` yields no batch.
     """
+    from . import distributed
+
     observers = observers_of(module)
     device = device or _model_device(module)
     bound = batch_count_bound(data, max_batches)
+    sharded = distributed.is_distributed()
+    if sharded:  # this rank's batches only; `bound` stays global (see ann2snn/distributed.py)
+        data, max_batches = distributed.shard(data, max_batches), None
+        progress = progress and distributed.is_main()
     needs_top = any(o.quantile is not None for o in observers)
     one_shot = iter(data) is data if not isinstance(data, torch.Tensor) else False
     for o in observers:
@@ -244,7 +250,10 @@ def calibrate(
 
     module.eval()
     with torch.no_grad():
-        _run(module, first_pass_inputs(), device, progress, bound)
+        with distributed.failure_check("calibration"):
+            _run(module, first_pass_inputs(), device, progress, bound)
+        if sharded:
+            distributed.merge_observers(observers)
         if observers and observers[0].count == 0:
             raise ValueError("the calibration data yielded no batch")
         if needs_top and any(o.bound_exceeded or not o.collect for o in observers):
@@ -253,5 +262,8 @@ def calibrate(
                 o.reset_stats()
                 o.exact_count = n
             again = stored if stored is not None else iter_inputs(data, max_batches)
-            _run(module, again, device, progress, bound)
+            with distributed.failure_check("calibration (second pass)"):
+                _run(module, again, device, progress, bound)
+            if sharded:
+                distributed.merge_observers(observers)
     return module

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from . import distributed
 from .calibration import batch_input
 from .spiking import SpikingModel
 
@@ -175,6 +176,10 @@ def evaluate(
         raise ValueError(f"timesteps must be positive integers, got {list(timesteps)}")
     ann = ann if ann is not None else model.ann
     device = _device_of(model)
+    sharded = distributed.is_distributed()
+    if sharded:  # this rank's batches only; counts are summed over ranks below
+        loader, max_batches = distributed.shard(loader, max_batches), None
+        progress = progress and distributed.is_main()
     t_max = ts[-1]
     correct = {t: 0 for t in ts}
     err_sum = {t: 0.0 for t in ts}
@@ -189,30 +194,38 @@ def evaluate(
     if max_batches is not None:
         n_batches = max_batches if n_batches is None else min(n_batches, max_batches)
     bar = tqdm(total=n_batches, desc=f"evaluating T<={t_max}", disable=not progress, leave=False)
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = batch_input(batch).to(device)
-        y = _labels(batch).to(device)
-        ref = ann(x) if ann is not None else None
-        if ref is not None:
-            ann_correct += int((ref.argmax(1) == y).sum())
-            ann_norm += float(ref.abs().mean(dim=tuple(range(1, ref.dim()))).sum())
-        cum = None
-        t_done = 0
-        for chunk in model.simulate(x, t_max):
-            for out in chunk:
-                cum = out.clone() if cum is None else cum.add_(out)
-                t_done += 1
-                if t_done in correct:
-                    correct[t_done] += int((cum.argmax(1) == y).sum())
-                    if ref is not None:
-                        avg = cum / t_done
-                        dims = tuple(range(1, ref.dim()))
-                        err_sum[t_done] += float((avg - ref).abs().mean(dim=dims).sum())
-        total += int(y.shape[0])
-        bar.update(1)
+    with distributed.failure_check("evaluation"):
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = batch_input(batch).to(device)
+            y = _labels(batch).to(device)
+            ref = ann(x) if ann is not None else None
+            if ref is not None:
+                ann_correct += int((ref.argmax(1) == y).sum())
+                ann_norm += float(ref.abs().mean(dim=tuple(range(1, ref.dim()))).sum())
+            cum = None
+            t_done = 0
+            for chunk in model.simulate(x, t_max):
+                for out in chunk:
+                    cum = out.clone() if cum is None else cum.add_(out)
+                    t_done += 1
+                    if t_done in correct:
+                        correct[t_done] += int((cum.argmax(1) == y).sum())
+                        if ref is not None:
+                            avg = cum / t_done
+                            dims = tuple(range(1, ref.dim()))
+                            err_sum[t_done] += float((avg - ref).abs().mean(dim=dims).sum())
+            total += int(y.shape[0])
+            bar.update(1)
     bar.close()
+    if sharded:
+        ints = distributed.all_reduce_sum(
+            [correct[t] for t in ts] + [ann_correct, total], dtype=torch.int64
+        )
+        floats = distributed.all_reduce_sum([err_sum[t] for t in ts] + [ann_norm])
+        correct, err_sum = dict(zip(ts, ints)), dict(zip(ts, floats))
+        ann_correct, total, ann_norm = ints[-2], ints[-1], floats[-1]
     if total == 0:
         raise ValueError("the evaluation data yielded no batch")
     curve = AccuracyCurve(
