@@ -227,6 +227,7 @@ class _Node:
     input_shapes: List[_StaticShape]
     output_shapes: List[_StaticShape]
     attrs: Dict[str, Any] = field(default_factory=dict)
+    example_shape: Optional[Callable[[_Value], _StaticShape]] = None
 
     @property
     def op_type(self) -> str:
@@ -239,7 +240,22 @@ class _Node:
         return self.inputs[i] if i < len(self.inputs) else None
 
     def in_shape(self, i: int = 0) -> _StaticShape:
-        return self.input_shapes[i] if i < len(self.input_shapes) else None
+        """Static shape of input ``i`` (None: unknown; None entries: unknown or dynamic dims).
+
+        ONNX shape inference first; where it leaves gaps (e.g. after a Slice whose bounds it
+        could not fold), the shape of the imported graph run on an example input fills them.
+        """
+        shape = self.input_shapes[i] if i < len(self.input_shapes) else None
+        if shape is not None and all(d is not None for d in shape):
+            return shape
+        if isinstance(self.input(i), torch.Tensor):
+            return list(self.input(i).shape)
+        example = self.example_shape(self.input(i)) if self.example_shape else None
+        if example is None or (shape is not None and len(shape) != len(example)):
+            return shape
+        if shape is None:
+            return example
+        return [d if d is not None else e for d, e in zip(shape, example)]
 
     def in_rank(self, i: int = 0) -> Optional[int]:
         shape = self.in_shape(i)
@@ -307,7 +323,7 @@ def _scopes_and_label(proto: onnx.NodeProto) -> Tuple[List[str], str]:
     TorchScript exporter: ``/layer1/layer1.0/conv1/Conv``; torch.export-based exporter:
     metadata ``pkg.torch.onnx.name_scopes = ['', 'layer1', 'layer1.0', 'conv1', 'conv2d']``.
     """
-    meta = {p.key: p.value for p in proto.metadata_props}
+    meta = {p.key: p.value for p in getattr(proto, "metadata_props", ())}
     scopes: List[str] = []
     label = ""
     raw = meta.get("pkg.torch.onnx.name_scopes")
@@ -337,7 +353,7 @@ def _scopes_and_label(proto: onnx.NodeProto) -> Tuple[List[str], str]:
 
 
 def _stack_trace(proto: onnx.NodeProto, source: str) -> str:
-    meta = {p.key: p.value for p in proto.metadata_props}
+    meta = {p.key: p.value for p in getattr(proto, "metadata_props", ())}
     trace = meta.get("pkg.torch.onnx.stack_trace")
     if trace:
         return trace
@@ -364,6 +380,9 @@ class _Builder:
         self.graph_outputs: set = set()
         self.bias_free_linears: Dict[fx.Node, nn.Linear] = {}
         self.node: Optional[_Node] = None
+        self._examples: Dict[fx.Node, Any] = {}
+        self._input_specs: Dict[fx.Node, Tuple[_StaticShape, torch.dtype]] = {}
+        self.dynamic_batch = False
         self._module_name = "module"
         self._fn_name = "op"
 
@@ -475,6 +494,70 @@ class _Builder:
             )
             self._size_nodes[key] = self._annotate(node)
         return self._size_nodes[key]
+
+    # -- example run (shapes where ONNX shape inference has gaps) --------------------------------
+
+    def placeholder(self, name: str, shape: _StaticShape, dtype: torch.dtype) -> fx.Node:
+        node = self.graph.create_node("placeholder", name, name=name)
+        self._input_specs[node] = (shape, dtype)
+        if shape and shape[0] is None:
+            self.dynamic_batch = True
+        return node
+
+    def example_shape(self, value: _Value) -> _StaticShape:
+        """Shape of ``value`` when the graph built so far runs on an example input, or None.
+
+        The example batch is the exported one; for a dynamic batch, dim 0 is reported unknown.
+        """
+        if not isinstance(value, fx.Node):
+            return None
+        if value not in self._examples:
+            with torch.no_grad():
+                for node in self.graph.nodes:
+                    if node not in self._examples:
+                        self._examples[node] = self._run_example(node)
+                    if node is value:
+                        break
+        example = self._examples.get(value)
+        if not isinstance(example, torch.Tensor):
+            return None
+        shape: List[Optional[int]] = list(example.shape)
+        if self.dynamic_batch and shape:
+            shape[0] = None
+        return shape
+
+    def _run_example(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            shape, dtype = self._input_specs.get(node, (None, torch.float32))
+            if shape is None or any(d is None for d in shape[1:]):
+                return None
+            dims = [1 if shape[0] is None else shape[0]] + list(shape[1:])
+            if dtype.is_floating_point:
+                return torch.randn(dims, generator=torch.Generator().manual_seed(0)).to(dtype)
+            return torch.zeros(dims, dtype=dtype)
+        if node.op == "get_attr":
+            return getattr(self.root, str(node.target))
+        missing = []
+
+        def value_of(arg: fx.Node) -> Any:
+            if self._examples.get(arg) is None:
+                missing.append(arg)
+            return self._examples.get(arg)
+
+        args = fx.node.map_arg(node.args, value_of)
+        kwargs = fx.node.map_arg(node.kwargs, value_of)
+        if missing:
+            return None
+        try:
+            if node.op == "call_module":
+                return self.root.get_submodule(str(node.target))(*args, **kwargs)
+            if node.op == "call_method":
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            if node.op == "call_function":
+                return node.target(*args, **kwargs)
+        except Exception:  # the example cannot run this far: shapes stay unknown
+            return None
+        return None
 
     def dim_of(self, x: Any, shape: _StaticShape, i: int) -> Union[int, fx.Node]:
         """Dim ``i`` of ``x``: static when known (except the batch dim 0), else ``x.size(i)``."""
@@ -731,6 +814,35 @@ def _concat(b: _Builder, n: _Node) -> _Value:
             elems += e[0]
         return _shape_value(elems)
     return b.call(torch.cat, (parts,), {"dim": axis})
+
+
+@_converter("Split", opsets=(1, 12))
+def _split_v1(b: _Builder, n: _Node) -> List[_Value]:
+    sizes = n.attr("split")
+    if sizes is None and n.input(1) is not None:  # Split-1 could take the sizes as an input
+        sizes = _ints(n, 1, "Split sizes")
+    return _split(b, n, sizes)
+
+
+@_converter("Split", opsets=(13, None))
+def _split_v13(b: _Builder, n: _Node) -> List[_Value]:
+    return _split(b, n, _ints(n, 1, "Split sizes") if n.input(1) is not None else None)
+
+
+def _split(b: _Builder, n: _Node, sizes: Optional[List[int]]) -> List[_Value]:
+    x = n.input(0)
+    axis = int(n.attr("axis", 0))
+    count = len(n.proto.output)
+    if sizes is None:
+        # Equal parts (opset 18: the last one may be smaller), as torch.chunk computes them.
+        shape = n.in_shape(0)
+        dim = None if shape is None else shape[_norm_axis(axis, len(shape))]
+        if dim is None:
+            raise _NodeProblem("Split into equal parts needs the size of the split axis")
+        size = -(-dim // count)
+        sizes = [min(size, dim - i * size) for i in range(count)]
+    parts = b.call(torch.split, (x, [int(v) for v in sizes]), {"dim": axis})
+    return [b.call(operator.getitem, (parts, i), suffix=str(i)) for i in range(count)]
 
 
 @_converter("Unsqueeze", opsets=(1, 12))
@@ -1379,6 +1491,20 @@ def _value_shapes(model: onnx.ModelProto) -> Dict[str, _StaticShape]:
     return {vi.name: _static_shape(vi) for vi in [*g.input, *g.value_info, *g.output]}
 
 
+def _source_line(proto: onnx.NodeProto) -> str:
+    """``file:line: code`` of the innermost frame the torch.export-based exporter recorded."""
+    meta = {p.key: p.value for p in getattr(proto, "metadata_props", ())}
+    lines = [ln.strip() for ln in meta.get("pkg.torch.onnx.stack_trace", "").splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        match = re.match(r'File "(.+)", line (\d+)', lines[i])
+        if match:
+            code = (
+                lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File") else ""
+            )
+            return f"{match.group(1)}:{match.group(2)}" + (f": {code}" if code else "")
+    return ""
+
+
 def _format_problems(source: str, problems: List[Tuple[onnx.NodeProto, str]]) -> str:
     unsupported = [p for p in problems if p[1].startswith("no converter")]
     lines = [
@@ -1387,7 +1513,11 @@ def _format_problems(source: str, problems: List[Tuple[onnx.NodeProto, str]]) ->
     ]
     for proto, reason in problems:
         domain = proto.domain or "ai.onnx"
-        lines.append(f"  - node {proto.name!r} (op {proto.op_type}, domain {domain}): {reason}")
+        where = _source_line(proto)
+        lines.append(
+            f"  - node {proto.name!r} (op {proto.op_type}, domain {domain}): {reason}"
+            + (f" [from {where}]" if where else "")
+        )
     if unsupported:
         lines.append(f"Supported ops (domain ai.onnx): {', '.join(supported_onnx_ops())}.")
     lines.append(_ISSUES_HINT)
@@ -1458,9 +1588,12 @@ def import_onnx(model: Union[str, os.PathLike, onnx.ModelProto]) -> fx.GraphModu
         raise ConversionError(f"{source}: sparse initializers are not supported")
 
     input_names = [vi.name for vi in graph.input if vi.name not in env]
-    for name in input_names:
-        arg_name = _sanitize(name) or "input"
-        env[name] = b.graph.create_node("placeholder", arg_name, name=arg_name)
+    for vi in graph.input:
+        if vi.name in env:
+            continue
+        elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+        dtype = _ONNX_TO_TORCH_DTYPE.get(elem, torch.float32)
+        env[vi.name] = b.placeholder(_sanitize(vi.name) or "input", shapes.get(vi.name), dtype)
 
     for vi in graph.output:
         b.graph_outputs.add(vi.name)
@@ -1569,6 +1702,7 @@ def _import_node(
         input_shapes=[shapes.get(name) for name in proto.input],
         output_shapes=[shapes.get(name) for name in proto.output],
         attrs=attrs,
+        example_shape=b.example_shape,
     )
     b.begin_node(node, index)
     try:

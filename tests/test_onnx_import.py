@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -30,6 +31,8 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _export(model: nn.Module, example: torch.Tensor, path, dynamo: bool, **kwargs) -> None:
+    if dynamo and "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        pytest.skip("torch.onnx.export(dynamo=True) needs torch >= 2.5")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), dynamo=dynamo, verbose=False, **kwargs)
@@ -318,8 +321,17 @@ def test_pad(tmp_path, dynamo: bool) -> None:
     assert F.pad in _targets(gm)
 
 
-class ChannelShuffle(nn.Module):
+class ShuffleUnit(nn.Module):
+    """ShuffleNet-v2 unit: chunk (a Slice whose bounds shape inference cannot fold, or a
+    Split), concat, then channel shuffle by view/transpose/view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = nn.Conv2d(4, 4, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = x.chunk(2, dim=1)
+        x = torch.cat((left, F.relu(self.branch(right))), dim=1)
         b, c, h, w = x.size()
         x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous()
         return x.view(b, -1, h, w)
@@ -327,7 +339,7 @@ class ChannelShuffle(nn.Module):
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_channel_shuffle_view_transpose(tmp_path, dynamo: bool) -> None:
-    gm = _check_exported(ChannelShuffle(), torch.randn(2, 8, 4, 4), tmp_path, dynamo, 3)
+    gm = _check_exported(ShuffleUnit(), torch.randn(2, 8, 4, 4), tmp_path, dynamo, 3)
     assert "permute" in _targets(gm)
 
 
@@ -618,6 +630,27 @@ def test_pad_op_versions_and_modes(opset: int) -> None:
     assert _targets(gm).count(F.pad) == 2
 
 
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_split(opset: int) -> None:
+    inits: Dict[str, np.ndarray] = {}
+    if opset == 11:
+        nodes = [helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, split=[1, 2, 3])]
+    elif opset == 13:
+        nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b", "c"], axis=-1)]
+        inits["sizes"] = np.array([1, 2, 3], np.int64)
+    else:
+        nodes = [helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, num_outputs=3)]
+    model = _graph_model(
+        nodes,
+        [_vi("x", ["N", 6, 6])],
+        [_vi("a", ["N", None, None]), _vi("b", ["N", None, None]), _vi("c", ["N", None, None])],
+        inits,
+        opset=opset,
+    )
+    gm = _check_vs_ort(model, {"x": _rand(2, 6, 6)})
+    assert torch.split in _targets(gm)
+
+
 def test_shape_subgraph_keeps_batch_dynamic() -> None:
     """[N, 2, C/2, H*W] computed with Shape/Gather/Div/Mul/Unsqueeze/Concat, then Reshape."""
     c = helper.make_node
@@ -763,6 +796,27 @@ def test_unsupported_ops_are_listed_in_one_error() -> None:
         assert text in msg
     assert "'fine'" not in msg and "ai.onnx" in msg and "Supported ops" in msg
     assert "re-export" in msg
+
+
+class WithSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x)) * F.leaky_relu(x)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_unsupported_ops_from_exporters(tmp_path, dynamo: bool) -> None:
+    path = tmp_path / "sig.onnx"
+    _export(WithSigmoid().eval(), torch.randn(1, 4), path, dynamo)
+    with pytest.raises(ConversionError) as info:
+        import_onnx(path)
+    msg = str(info.value)
+    assert "Sigmoid" in msg and "LeakyRelu" in msg and "2 node(s)" in msg
+    if dynamo:  # the exporter records the user's source line
+        assert "test_onnx_import.py" in msg
 
 
 def test_non_constant_weight_and_unresolvable_shape_are_reported() -> None:
