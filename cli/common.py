@@ -1,0 +1,500 @@
+"""Options and steps shared by the ``ann2snn`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .data_sources import DataOptions, DataSource, open_data, parse_floats
+
+DEFAULT_MODE = "99.9%"
+
+
+class CLIError(ValueError):
+    """A problem with the command line or its inputs; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------
+# Argument groups
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--arch / --arch-kwargs / --trust-checkpoint: how to read an ANN file."""
+    g = parser.add_argument_group("reading the model")
+    g.add_argument(
+        "--arch",
+        metavar="NAME|MODULE:FACTORY",
+        help="architecture for a .pt/.pth file that holds only weights (a state_dict): a "
+        "bundled model name (mnist_cnn, fmnist_maxpool_cnn, fmnist_avgpool_cnn, "
+        "fmnist_resnet) or package.module:function returning your nn.Module",
+    )
+    g.add_argument(
+        "--arch-kwargs",
+        metavar="JSON",
+        help="keyword arguments for --arch as a JSON object, e.g. '{\"width\": 16}'",
+    )
+    g.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow files that run code when read: whole pickled models, checkpoints "
+        "holding Python objects, .pt2 programs, and SNN files built from such models. "
+        "Use only for files you trust",
+    )
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str) -> None:
+    """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init / --no-fold."""
+    g = parser.add_argument_group("conversion")
+    g.add_argument(
+        "--mode",
+        default=DEFAULT_MODE,
+        help="activation normalization: 'max', a percentile such as '99.9%%' or '99.99%%', "
+        "or a number 0 < s <= 1 meaning s * max (default: %(default)s)",
+    )
+    g.add_argument("--calib", metavar="DATA", help=calib_help)
+    g.add_argument(
+        "--calib-batches",
+        type=_positive_int,
+        metavar="N",
+        help="calibrate on at most N batches of --batch-size examples (default: all)",
+    )
+    g.add_argument(
+        "--calib-limit",
+        type=_positive_int,
+        metavar="N",
+        help="calibrate on the first N examples only (default: all; 2,000 is usually enough)",
+    )
+    g.add_argument(
+        "--channelwise",
+        action="store_true",
+        help="one normalization scale per channel instead of one per layer",
+    )
+    g.add_argument(
+        "--v-init",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="initial membrane potential as a fraction of the threshold (default: %(default)s)",
+    )
+    methods = _maxpool_methods()
+    if methods:
+        g.add_argument(
+            "--maxpool",
+            choices=sorted(methods),
+            default=None,
+            help="how max pooling converts (default: auto): "
+            + "; ".join(f"{k}: {v}" for k, v in methods.items()),
+        )
+    g.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="keep normalization scales as neuron thresholds instead of folding them into "
+        "the weights",
+    )
+
+
+def _maxpool_methods() -> Dict[str, str]:
+    """The max-pooling conversion methods of this ann2snn version (none if not offered)."""
+    try:
+        from ann2snn.converter_passes.convert_maxpool import MAXPOOL_METHODS
+    except ImportError:
+        return {}
+    return dict(MAXPOOL_METHODS)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options for reading DATA arguments."""
+    g = parser.add_argument_group(
+        "data",
+        "DATA is mnist or fashion-mnist (optionally NAME:FOLDER), a folder of MNIST IDX\n"
+        "files, an image folder with one sub-folder per class, or an .npz/.pt file holding\n"
+        "inputs x (and labels y). Pixels are scaled to [0, 1] before --mean/--std.",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="examples per batch (default: %(default)s)",
+    )
+    g.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="PX",
+        help="resize image-folder images to PX x PX (default: the model's input size when known)",
+    )
+    g.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="image-folder images as 1 (grayscale) or 3 (RGB) channels (default: what the "
+        "model's first layer takes)",
+    )
+    g.add_argument("--mean", metavar="M[,M,M]", help="subtract this mean (per channel)")
+    g.add_argument("--std", metavar="S[,S,S]", help="then divide by this std (per channel)")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device / --no-progress / --debug."""
+    g = parser.add_argument_group("running")
+    g.add_argument(
+        "--device",
+        default="cpu",
+        help="where to run: cpu, cuda or cuda:N (default: %(default)s)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full Python traceback when something fails",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+positive_int = _positive_int
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing helpers
+
+
+def parse_timesteps(text: str) -> List[int]:
+    """Parse ``"1,2,4,...,256"``, ``"8,16,32"`` or ``"64"`` into sorted time steps.
+
+    ``...`` continues the progression before it up to the value after it: doubling after
+    two powers of two (``1,2,...``), a constant ratio or step after three values
+    (``1,3,9,...``), else a constant step (``10,20,...``). The end value is always included.
+
+    Raises:
+        CLIError: an unreadable list.
+    """
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = CLIError(
+        f"--timesteps {text!r} is not a list of positive integers. Write e.g. 1,2,4,...,256 "
+        "(a doubling or evenly spaced progression), 8,16,32, or a single number."
+    )
+    values: List[int] = []
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p in ("...", "\u2026"):
+            if len(values) < 2 or i + 1 >= len(parts) or not parts[i + 1].isdigit():
+                raise bad
+            a, b, end = values[-2], values[-1], int(parts[i + 1])
+            c = values[-3] if len(values) >= 3 else None
+            if c is not None:
+                geometric = c > 0 and a * a == b * c and b > a
+            else:
+                # 1,2,... and 8,16,... double; 10,20,... counts in tens.
+                geometric = a > 0 and b == 2 * a and a & (a - 1) == 0
+            if geometric:
+                v = b * b // a
+                while v < end:
+                    values.append(v)
+                    v = v * b // a
+            elif b > a and (c is None or a - c == b - a):
+                v = b + (b - a)
+                while v < end:
+                    values.append(v)
+                    v += b - a
+            else:
+                raise bad
+            i += 1
+            continue
+        if not p.isdigit() or int(p) < 1:
+            raise bad
+        values.append(int(p))
+        i += 1
+    if not values:
+        raise bad
+    return sorted(set(values))
+
+
+def check_outputs(outputs: Sequence[Optional[str]], force: bool, inputs: Sequence[str]) -> None:
+    """Refuse outputs that exist (without --force), overwrite an input, or lack a folder.
+
+    Raises:
+        CLIError: naming the path and the fix.
+    """
+    resolved_inputs = {os.path.realpath(p) for p in inputs if p and os.path.exists(p)}
+    for out in outputs:
+        if not out:
+            continue
+        real = os.path.realpath(out)
+        if real in resolved_inputs:
+            raise CLIError(
+                f"the output {out} is also an input; ann2snn never modifies its inputs. "
+                "Choose another output path."
+            )
+        if os.path.isdir(out):
+            raise CLIError(f"the output {out} is a folder; give a file name")
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            raise CLIError(f"cannot write {out}: the folder {parent} does not exist")
+        if os.path.exists(out) and not force:
+            raise CLIError(
+                f"the output {out} already exists; pass --force to replace it, or choose "
+                "another path"
+            )
+
+
+def data_options(args: argparse.Namespace, limit: Optional[int], hint: ModelHints) -> DataOptions:
+    return DataOptions(
+        batch_size=args.batch_size,
+        limit=limit,
+        image_size=args.image_size or hint.image_size,
+        channels=args.channels or hint.channels,
+        mean=parse_floats(args.mean, "--mean"),
+        std=parse_floats(args.std, "--std"),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class ModelHints:
+    """What is known about a model's inputs and training data."""
+
+    channels: Optional[int] = None
+    image_size: Optional[int] = None
+    dataset: Optional[str] = None
+
+
+def _hints_from_module(module: nn.Module, shape: Optional[Sequence[int]]) -> ModelHints:
+    hints = ModelHints()
+    if shape:
+        hints.channels = int(shape[0]) if shape[0] in (1, 3) else None
+        if len(shape) == 3 and shape[1] == shape[2]:
+            hints.image_size = int(shape[1])
+    if hints.channels is None:
+        for m in module.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                hints.channels = m.in_channels if m.in_channels in (1, 3) else None
+                break
+    return hints
+
+
+@dataclass
+class Opened:
+    """A MODEL argument: a loaded SNN, or an ANN still to convert."""
+
+    snn: Any = None
+    loaded: Any = None  # ann2snn.io.LoadedModel
+    hints: ModelHints = None  # type: ignore[assignment]
+    description: str = ""
+
+
+def open_model(args: argparse.Namespace, path: str) -> Opened:
+    """Read MODEL: an SNN file (``ann2snn convert`` output) or any ANN input."""
+    from ann2snn import io as snn_io
+    from ann2snn.models import MODEL_DATASETS
+
+    if os.path.isfile(path) and snn_io.is_snn_file(path):
+        header = snn_io.read_snn_header(path)
+        snn = snn_io.load_snn(path, trust_checkpoint=args.trust_checkpoint)
+        snn = snn.to(args.device)
+        hints = _hints_from_module(snn.ann, snn.meta.get("input_shape"))
+        hints.dataset = header.get("provenance", {}).get("dataset")
+        desc = f"SNN file {path} ({describe_source(header['ann_source'])})"
+        return Opened(snn=snn, hints=hints, description=desc)
+    loaded = snn_io.load_model(
+        path,
+        arch=args.arch,
+        arch_kwargs=args.arch_kwargs,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+    loaded.module.to(args.device)
+    hints = _hints_from_module(loaded.module, loaded.input_shape)
+    src = loaded.source
+    if src.get("kind") == "registry":
+        hints.dataset = _checkpoint_dataset(path) or (
+            MODEL_DATASETS.get(src["arch"]) if path == src["arch"] else None
+        )
+    return Opened(loaded=loaded, hints=hints, description=loaded.description)
+
+
+def _checkpoint_dataset(path: str) -> Optional[str]:
+    if not os.path.isfile(path):
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return obj.get("dataset") if isinstance(obj, dict) and "arch" in obj else None
+
+
+def describe_source(source: Dict[str, Any]) -> str:
+    kind = source.get("kind")
+    if kind == "registry":
+        kw = source.get("kwargs") or {}
+        args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+        return f"ANN: bundled architecture {source['arch']}({args})"
+    if kind == "factory":
+        return f"ANN: {source['factory']} (your code)"
+    if kind == "onnx":
+        return f"ANN: ONNX model ({len(source['data']):,} bytes)"
+    if kind == "export":
+        return "ANN: torch.export program"
+    if kind == "pickle":
+        return f"ANN: pickled {source.get('class', 'module')}"
+    return f"ANN: {kind}"
+
+
+def convert_opened(args: argparse.Namespace, opened: Opened, calib: DataSource) -> Any:
+    """Convert ``opened.loaded.module`` with the command line's conversion options."""
+    import ann2snn
+
+    model = opened.loaded.module
+    check_runs(model, calib, args.device)
+    extra = {}
+    if getattr(args, "maxpool", None):
+        extra["maxpool"] = args.maxpool
+    return ann2snn.convert(
+        model,
+        mode=args.mode,
+        calib_data=to_device(calib.loader, args.device),
+        calib_batches=args.calib_batches,
+        channelwise=args.channelwise,
+        v_init=args.v_init,
+        fold_scales=not args.no_fold,
+        progress=not args.no_progress,
+        **extra,
+    )
+
+
+class _to_device:
+    """Iterate a loader, moving inputs to a device (keeps ``len`` for progress bars)."""
+
+    def __init__(self, loader: Any, device: str) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device), y.to(self.device)
+
+
+def to_device(loader: Any, device: str) -> Any:
+    return loader if device == "cpu" else _to_device(loader, device)
+
+
+def check_runs(model: nn.Module, data: DataSource, device: str) -> None:
+    """Run the ANN on two examples; a failure means the data does not fit the model.
+
+    Raises:
+        CLIError: with the data's shape and the model's complaint.
+    """
+    x, _ = next(iter(data.loader))
+    x = x[:2].to(device)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(
+            f"the model cannot run on the data ({data.description}): inputs of shape "
+            f"{list(x.shape[1:])} per example give '{first}'. Check that the data matches "
+            "what the model was trained on (use --channels / --image-size for image folders, "
+            "--mean/--std for normalization)."
+        ) from exc
+
+
+def open_calibration(args: argparse.Namespace, opened: Opened, need: str) -> DataSource:
+    """Open --calib (training split for dataset names).
+
+    Raises:
+        CLIError: when --calib is missing.
+    """
+    if not args.calib:
+        raise missing_calibration(need)
+    return open_data(
+        args.calib,
+        split="train",
+        options=data_options(args, args.calib_limit, opened.hints),
+    )
+
+
+def missing_calibration(need: str) -> CLIError:
+    return CLIError(
+        f"missing calibration data: {need} needs --calib DATA (e.g. --calib mnist, "
+        "--calib fashion-mnist, an image folder or an .npz/.pt file of training inputs) "
+        "to measure activation ranges."
+    )
+
+
+def validate_mode(text: str) -> None:
+    from ann2snn.modes import parse_mode
+
+    try:
+        parse_mode(text)
+    except ValueError as exc:
+        raise CLIError(f"{exc}. Pass it as --mode, e.g. --mode 99.9%.") from None
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    return not args.no_progress
+
+
+def print_err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def format_options(meta: Dict[str, Any]) -> str:
+    parts = [
+        f"mode {meta.get('mode')}",
+        "channel-wise" if meta.get("channelwise") else "layer-wise",
+        f"v_init {meta.get('v_init')}",
+    ]
+    if meta.get("fold_scales") is False:
+        parts.append("scales not folded")
+    return ", ".join(parts)
+
+
+def file_size(path: str) -> str:
+    n = pathlib.Path(path).stat().st_size
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def count_neurons(snn: Any) -> Tuple[int, int]:
+    """(IF layers, neurons per sample), measured on one zero input."""
+    shape = snn.meta.get("input_shape")
+    sizes: Dict[str, int] = {}
+    hooks = []
+
+    def record(name: str):
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            sizes.setdefault(name, output[0].numel())
+
+        return hook
+
+    for name, m in snn.neurons():
+        hooks.append(m.register_forward_hook(record(name)))
+    try:
+        device = next((t.device for t in snn.state_dict().values()), torch.device("cpu"))
+        with torch.no_grad():
+            snn(torch.zeros((1,) + tuple(shape), device=device), timesteps=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(snn.neurons()), sum(sizes.values())

@@ -1,0 +1,270 @@
+"""ann2snn.io: reading ANNs from every supported file kind; saving and loading SNN files;
+ONNX and torch.export inputs convert to the same SNN as the torch module."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ann2snn
+from ann2snn import io as snn_io
+from ann2snn.models import get_model
+
+MODEL = "fmnist_avgpool_cnn"
+EXPORTERS = [pytest.param(False, id="torchscript"), pytest.param(True, id="dynamo")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def trained() -> nn.Module:
+    from ann2snn.models import load_pretrained
+
+    return load_pretrained(MODEL)
+
+
+@pytest.fixture(scope="module")
+def images():
+    from ann2snn.data import load_dataset
+
+    x = load_dataset("fashion-mnist", "train", limit=264).tensors[0]
+    return x[:200], x[200:]  # calibration, test
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path, dynamo: bool) -> None:
+    if dynamo and "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        pytest.skip("torch.onnx.export(dynamo=True) needs torch >= 2.5")
+    kwargs = (
+        {"dynamic_shapes": ({0: torch.export.Dim("batch")},)}
+        if dynamo
+        else {"input_names": ["x"], "dynamic_axes": {"x": {0: "batch"}}}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=dynamo, verbose=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# SNN files
+
+
+def test_save_load_roundtrip_is_exact_and_weights_only(tmp_path, trained, images) -> None:
+    calib, test = images
+    loaded = snn_io.load_model(MODEL)
+    snn = ann2snn.convert(loaded.module, mode="99.9%", calib_data=[calib], channelwise=True)
+    path = tmp_path / "snn.pt"
+    snn_io.save_snn(snn, path, provenance={"input": MODEL})
+    raw = torch.load(path, weights_only=True)  # no pickled classes in the file
+    assert raw["format"] == snn_io.SNN_FORMAT and raw["ann_source"]["kind"] == "registry"
+    assert raw["options"]["channelwise"] is True
+    assert not any(k.startswith("ann.") for k in raw["snn_state"])
+
+    again = snn_io.load_snn(path)
+    assert torch.equal(again(test, timesteps=24), snn(test, timesteps=24))
+    assert torch.equal(again.ann(test), trained(test))
+    for (name_a, a), (name_b, b) in zip(snn.neurons(), again.neurons()):
+        assert name_a == name_b and torch.equal(a.threshold, b.threshold)
+        assert a.v_init == b.v_init
+    assert again.meta["provenance"] == {"input": MODEL}
+
+
+def test_options_survive_the_roundtrip(tmp_path, images) -> None:
+    calib, test = images
+    loaded = snn_io.load_model(MODEL)
+    snn = ann2snn.convert(
+        loaded.module, mode=0.9, calib_data=[calib], v_init=0.25, fold_scales=False
+    )
+    path = tmp_path / "snn.pt"
+    snn_io.save_snn(snn, path)
+    again = snn_io.load_snn(path)
+    assert again.meta["v_init"] == 0.25 and again.meta["fold_scales"] is False
+    assert torch.equal(again(test, timesteps=8), snn(test, timesteps=8))
+
+
+def test_save_refuses_to_overwrite_when_asked(tmp_path, images) -> None:
+    snn = ann2snn.convert(snn_io.load_model(MODEL).module, calib_data=[images[0]])
+    path = tmp_path / "snn.pt"
+    path.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="--force"):
+        snn_io.save_snn(snn, path, overwrite=False)
+    assert path.read_bytes() == b"x"
+
+
+def test_tampered_file_is_detected(tmp_path, images) -> None:
+    snn = ann2snn.convert(snn_io.load_model(MODEL).module, calib_data=[images[0]])
+    path = tmp_path / "snn.pt"
+    snn_io.save_snn(snn, path)
+    data = torch.load(path, weights_only=True)
+    data["ann_source"]["state_dict"]["12.weight"].mul_(2)
+    torch.save(data, path)
+    with pytest.raises(ValueError, match="does not reproduce the output"):
+        snn_io.load_snn(path)
+
+
+def test_not_an_snn_file(tmp_path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(get_model("mnist_cnn").state_dict(), path)
+    assert not snn_io.is_snn_file(path)
+    with pytest.raises(ValueError, match="not an ann2snn SNN file"):
+        snn_io.load_snn(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading ANNs
+
+
+def test_state_dict_checkpoint_dicts_and_prefixes(tmp_path, trained, images) -> None:
+    x = images[1]
+    state = trained.state_dict()
+    variants = {
+        "plain.pt": state,
+        "dp.pth": {f"module.{k}": v for k, v in state.items()},
+        "ckpt.pt": {"epoch": 3, "model_state_dict": state, "best_acc": 91.0},
+        "compiled.pt": {"state_dict": {f"_orig_mod.{k}": v for k, v in state.items()}},
+    }
+    for name, obj in variants.items():
+        torch.save(obj, tmp_path / name)
+        loaded = snn_io.load_model(tmp_path / name, arch=MODEL)
+        assert torch.equal(loaded.module(x), trained(x)), name
+        assert loaded.source["kind"] == "registry" and loaded.source["arch"] == MODEL
+
+
+def test_bundled_checkpoint_knows_its_architecture(trained, images) -> None:
+    from ann2snn.models import checkpoint_path
+
+    loaded = snn_io.load_model(checkpoint_path(MODEL))
+    assert torch.equal(loaded.module(images[1]), trained(images[1]))
+
+
+def test_arch_mismatch_names_the_tensors(tmp_path, trained) -> None:
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(
+        ValueError, match=r"0\.weight: file \[24, 1, 3, 3\] vs model \[32, 1, 3, 3\]"
+    ):
+        snn_io.load_model(tmp_path / "w.pt", arch=MODEL, arch_kwargs={"width": 32})
+    with pytest.raises(ValueError, match="holds only weights"):
+        snn_io.load_model(tmp_path / "w.pt")
+
+
+def test_pickled_module_needs_trust(tmp_path, trained, images) -> None:
+    torch.save(trained, tmp_path / "whole.pt")
+    with pytest.raises(snn_io.UntrustedFileError, match="trust_checkpoint=True"):
+        snn_io.load_model(tmp_path / "whole.pt")
+    loaded = snn_io.load_model(tmp_path / "whole.pt", trust_checkpoint=True)
+    assert torch.equal(loaded.module(images[1]), trained(images[1]))
+    snn = ann2snn.convert(loaded.module, calib_data=[images[0]])
+    snn_io.save_snn(snn, tmp_path / "snn.pt")
+    torch.load(tmp_path / "snn.pt", weights_only=True)  # the file itself stays safe to read
+    with pytest.raises(snn_io.UntrustedFileError, match="pickled"):
+        snn_io.load_snn(tmp_path / "snn.pt")
+    again = snn_io.load_snn(tmp_path / "snn.pt", trust_checkpoint=True)
+    assert torch.equal(again(images[1], 8), snn(images[1], 8))
+
+
+def test_factory_architecture_from_the_working_directory(tmp_path, monkeypatch, images) -> None:
+    (tmp_path / "mynets.py").write_text(
+        textwrap.dedent(
+            """
+            from torch import nn
+
+            def tiny(width=4):
+                return nn.Sequential(
+                    nn.Conv2d(1, width, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                    nn.Linear(width * 13 * 13, 10),
+                )
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynets
+
+    torch.manual_seed(0)
+    net = mynets.tiny(width=3).eval()
+    torch.save(net.state_dict(), tmp_path / "tiny.pt")
+    loaded = snn_io.load_model(tmp_path / "tiny.pt", arch="mynets:tiny", arch_kwargs='{"width": 3}')
+    assert loaded.source == {**loaded.source, "kind": "factory", "factory": "mynets:tiny"}
+    assert torch.equal(loaded.module(images[1]), net(images[1]))
+    snn = ann2snn.convert(loaded.module, calib_data=[images[0]])
+    snn_io.save_snn(snn, tmp_path / "snn.pt")
+    # Rebuilding imports and calls code named in the file: only when trusted.
+    with pytest.raises(snn_io.UntrustedFileError, match="mynets:tiny"):
+        snn_io.load_snn(tmp_path / "snn.pt")
+    again = snn_io.load_snn(tmp_path / "snn.pt", trust_checkpoint=True)
+    assert torch.equal(again(images[1], 8), snn(images[1], 8))
+
+
+# ---------------------------------------------------------------------------------------
+# torch.export and ONNX inputs give the same SNN as the torch module
+
+
+def test_exported_program_converts_like_the_module(tmp_path, trained, images) -> None:
+    calib, test = images
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(trained, (calib[:2],)), str(path))
+    with pytest.raises(snn_io.UntrustedFileError, match="torch.export"):
+        snn_io.load_model(path)
+    loaded = snn_io.load_model(path, trust_checkpoint=True)
+    kinds = {type(m) for m in loaded.module.modules()}
+    assert {nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.Linear} <= kinds
+    torch.testing.assert_close(loaded.module(test), trained(test), rtol=0, atol=1e-5)
+    direct = ann2snn.convert(trained, calib_data=[calib])
+    via_export = ann2snn.convert(loaded.module, calib_data=[calib])
+    torch.testing.assert_close(via_export(test, 32), direct(test, 32), rtol=0, atol=1e-5)
+    snn_io.save_snn(via_export, tmp_path / "snn.pt")
+    again = snn_io.load_snn(tmp_path / "snn.pt", trust_checkpoint=True)
+    assert torch.equal(again(test, 8), via_export(test, 8))
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_onnx_model_converts_like_the_module(tmp_path, trained, images, dynamo) -> None:
+    calib, test = images
+    path = tmp_path / "model.onnx"
+    _export_onnx(trained, calib[:2], path, dynamo)
+    loaded = snn_io.load_model(path)
+    assert loaded.source["kind"] == "onnx" and loaded.input_shape == (1, 28, 28)
+    direct = ann2snn.convert(trained, calib_data=[calib])
+    via_onnx = ann2snn.convert(loaded.module, calib_data=[calib])
+    torch.testing.assert_close(via_onnx(test, 64), direct(test, 64), rtol=0, atol=1e-5)
+    # The SNN file embeds the ONNX bytes (external data included): safe to load anywhere.
+    out = tmp_path / "snn.pt"
+    snn_io.save_snn(via_onnx, out)
+    for f in tmp_path.iterdir():
+        if f != out:
+            f.unlink()
+    again = snn_io.load_snn(out)
+    assert torch.equal(again(test, 16), via_onnx(test, 16))
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_onnx_resnet18_random_weights(tmp_path, dynamo) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics to fold
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    gen = torch.Generator().manual_seed(1)
+    calib = torch.rand(8, 3, 32, 32, generator=gen)
+    test = torch.rand(4, 3, 32, 32, generator=gen)
+    path = tmp_path / "resnet18.onnx"
+    _export_onnx(net, calib[:2], path, dynamo)
+    loaded = snn_io.load_model(path)
+    direct = ann2snn.convert(net, calib_data=[calib])
+    via_onnx = ann2snn.convert(loaded.module, calib_data=[calib])
+    assert len(via_onnx.neurons()) == len(direct.neurons()) == 17
+    out_direct = direct(test, 32)
+    assert out_direct.abs().max() > 0.1  # the comparison is not between zeros
+    torch.testing.assert_close(via_onnx(test, 32), out_direct, rtol=0, atol=1e-5)
