@@ -1,0 +1,193 @@
+"""Reference ANNs for MNIST / Fashion-MNIST, written the way users write them.
+
+Every network takes ``[N, 1, 28, 28]`` images in [0, 1] and returns ``[N, 10]`` logits.
+They use ReLU-family activations only, so they convert to spiking networks; the mix of
+styles (``nn.Sequential`` with ``nn.ReLU``, functional ``F.relu``, residual ``+=``,
+``Dropout``, bias-free convolutions) is deliberate: it is what the converter must accept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BasicBlock",
+    "FashionResNet",
+    "fmnist_avgpool_cnn",
+    "fmnist_maxpool_cnn",
+    "fmnist_resnet",
+    "mnist_cnn",
+]
+
+
+def _check_width(width: int) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+
+
+def mnist_cnn(width: int = 32, padding: int = 0) -> nn.Sequential:
+    """The MNIST CNN of SpikingJelly's ann2snn tutorial.
+
+    Three blocks of ``Conv2d(3x3) - BatchNorm2d(eps=1e-3) - ReLU - AvgPool2d(2)`` then
+    ``Flatten - Linear(., 10)``. With the tutorial's ``padding=0`` the feature maps go
+    28 -> 26 -> 13 -> 11 -> 5 -> 3 -> 1, so the classifier is ``Linear(width, 10)``;
+    ``padding=1`` gives 28 -> 14 -> 7 -> 3 and ``Linear(width * 3 * 3, 10)``.
+
+    Args:
+        width: Channels of every convolution (the tutorial uses 32).
+        padding: Convolution padding, 0 (tutorial) or 1.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width or a padding other than 0 or 1.
+    """
+    _check_width(width)
+    if padding not in (0, 1):
+        raise ValueError(f"padding must be 0 or 1, got {padding!r}")
+    layers: list[nn.Module] = []
+    size, in_ch = 28, 1
+    for _ in range(3):
+        layers += [
+            nn.Conv2d(in_ch, width, kernel_size=3, padding=padding),
+            nn.BatchNorm2d(width, eps=1e-3),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+        ]
+        size, in_ch = (size + 2 * padding - 2) // 2, width
+    layers += [nn.Flatten(), nn.Linear(width * size * size, 10)]
+    return nn.Sequential(*layers)
+
+
+def _fmnist_cnn(width: int, pool: type[nn.Module], dropout: float) -> nn.Sequential:
+    _check_width(width)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return nn.Sequential(
+        nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        pool(2),
+        nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        pool(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(width * 7 * 7, width * 4 * 4, bias=False),
+        nn.ReLU(),
+        nn.Linear(width * 4 * 4, 10, bias=False),
+    )
+
+
+def fmnist_maxpool_cnn(width: int = 24, dropout: float = 0.25) -> nn.Sequential:
+    """SpikingJelly's Fashion-MNIST convolutional SNN tutorial network, as an ANN.
+
+    ``Conv(1,w,3,pad 1,no bias)-BN-ReLU-MaxPool(2) -> Conv(w,w,3,pad 1,no bias)-BN-ReLU-
+    MaxPool(2) -> Flatten -> Dropout -> Linear(w*7*7, w*4*4, no bias)-ReLU ->
+    Linear(w*4*4, 10, no bias)``. The tutorial uses ``width=128``; the bundled checkpoint
+    uses 24 to stay small. The Dropout is there on purpose: conversion must remove it.
+
+    Args:
+        width: Channels of both convolutions.
+        dropout: Dropout probability before the first Linear (training only).
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width or a dropout outside [0, 1).
+    """
+    return _fmnist_cnn(width, nn.MaxPool2d, dropout)
+
+
+def fmnist_avgpool_cnn(width: int = 24, dropout: float = 0.25) -> nn.Sequential:
+    """:func:`fmnist_maxpool_cnn` with ``AvgPool2d`` instead of ``MaxPool2d``.
+
+    Args:
+        width: Channels of both convolutions.
+        dropout: Dropout probability before the first Linear (training only).
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width or a dropout outside [0, 1).
+    """
+    return _fmnist_cnn(width, nn.AvgPool2d, dropout)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN, functional ReLU, residual ``+=``.
+
+    The shortcut is a 1x1 conv + BN when stride or channel count changes, else identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return F.relu(out)
+
+
+class FashionResNet(nn.Module):
+    """A small ResNet for 28x28 grey images.
+
+    Stem ``conv3x3(1, w)-BN-relu``, three stages of one :class:`BasicBlock` each with
+    widths ``w, 2w, 4w`` and strides ``1, 2, 2`` (28 -> 28 -> 14 -> 7), global average
+    pooling, ``Linear(4w, num_classes)``.
+    """
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        _check_width(width)
+        self.conv1 = nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = BasicBlock(width, width, stride=1)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2)
+        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+def fmnist_resnet(width: int = 16) -> FashionResNet:
+    """A small three-stage ResNet for Fashion-MNIST (see :class:`FashionResNet`).
+
+    Args:
+        width: Channels of the first stage; later stages use 2x and 4x.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width.
+    """
+    return FashionResNet(width=width)

@@ -1,0 +1,345 @@
+"""Train a reference model and write its checkpoint (reproducibly, on CPU).
+
+Usage::
+
+    python -m ann2snn.models.train --model fmnist_maxpool_cnn
+    python -m ann2snn.models.train --model mnist_cnn --epochs 2 --out /tmp/mnist_cnn.pt
+
+With the defaults (the recipe in :data:`RECIPES`, ``--seed 0``, ``--threads 2``) this
+reproduces the bundled checkpoint in ``checkpoints/<model>.pt``: seeds are fixed and
+batches are drawn in-process from a seeded generator. Bit-identical weights need the
+same torch version and thread count (CPU reductions are split per thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ann2snn.data import load_dataset
+
+from . import MODEL_DATASETS, MODELS, checkpoint_path, get_model, model_from_checkpoint
+
+__all__ = ["MAX_CHECKPOINT_BYTES", "RECIPES", "evaluate", "main", "save_checkpoint", "train_model"]
+
+#: Largest checkpoint file we bundle.
+MAX_CHECKPOINT_BYTES = 1_500_000
+
+#: Default training recipe per model: Adam + one-cycle schedule, short enough for a CPU.
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "mnist_cnn": {
+        "kwargs": {"width": 32, "padding": 0},
+        "epochs": 4,
+        "lr": 4e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "none",
+        "channels_last": False,
+    },
+    "fmnist_maxpool_cnn": {
+        "kwargs": {"width": 24},
+        "epochs": 10,
+        "lr": 3e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        "channels_last": False,
+    },
+    "fmnist_avgpool_cnn": {
+        "kwargs": {"width": 24},
+        "epochs": 10,
+        "lr": 3e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        "channels_last": False,
+    },
+    "fmnist_resnet": {
+        "kwargs": {"width": 16},
+        "epochs": 6,
+        "lr": 4e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        # oneDNN's NCHW convolution backward is ~5x slower here for 16-64 channels.
+        "channels_last": True,
+    },
+}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: str,
+    root: Optional[str] = None,
+    limit: Optional[int] = None,
+    batch_size: int = 1000,
+) -> float:
+    """Top-1 accuracy (percent) of ``model`` in eval mode on a test split.
+
+    Args:
+        model: Maps ``[N, 1, 28, 28]`` images in [0, 1] to ``[N, 10]`` logits.
+        dataset: ``"mnist"`` or ``"fashion-mnist"``.
+        root: Data root, see :func:`ann2snn.data.find_data_root`.
+        limit: Use only the first ``limit`` test images (default: all 10,000).
+        batch_size: Images per forward pass.
+
+    Returns:
+        Accuracy in percent.
+    """
+    images, labels = load_dataset(dataset, "test", root=root, limit=limit).tensors
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(images[start : start + batch_size])
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(labels)
+
+
+def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    if kind == "none":
+        return x
+    if kind == "hflip":
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+    raise ValueError(f"unknown augmentation {kind!r}; expected 'none' or 'hflip'")
+
+
+def _stored_state_dict(model: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+    return {
+        k: (v.detach().to(dtype) if torch.is_floating_point(v) else v.detach()).contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+def _serialized_size(obj: Any) -> int:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.tell()
+
+
+def train_model(
+    name: str,
+    *,
+    epochs: Optional[int] = None,
+    lr: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    seed: int = 0,
+    data_root: Optional[str] = None,
+    train_limit: Optional[int] = None,
+    eval_limit: Optional[int] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Train ``name`` with its recipe and return the checkpoint dict (not yet saved).
+
+    Floating-point tensors are stored as float32 when the checkpoint fits in
+    :data:`MAX_CHECKPOINT_BYTES`, else as float16; ``test_accuracy`` is measured on the
+    full test set with the stored weights upcast to float32, i.e. the model as loaded.
+
+    Args:
+        name: A key of :data:`RECIPES`.
+        epochs: Override the recipe's number of epochs.
+        lr: Override the recipe's peak learning rate.
+        batch_size: Override the recipe's batch size.
+        seed: Seed for initialisation, shuffling, augmentation and dropout.
+        data_root: Data root, see :func:`ann2snn.data.find_data_root`.
+        train_limit: Train on the first ``train_limit`` images only (for quick checks).
+        eval_limit: Measure ``test_accuracy`` on the first ``eval_limit`` test images
+            only (for quick checks; bundled checkpoints use the full 10k).
+        progress: Show tqdm progress bars.
+
+    Returns:
+        The checkpoint dict (see :mod:`ann2snn.models`).
+
+    Raises:
+        ValueError: On an unknown model, or if even float16 weights exceed the size limit.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(RECIPES))}")
+    recipe = dict(RECIPES[name])
+    epochs = recipe["epochs"] if epochs is None else epochs
+    lr = recipe["lr"] if lr is None else lr
+    batch_size = recipe["batch_size"] if batch_size is None else batch_size
+    dataset = MODEL_DATASETS[name]
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images, labels = load_dataset(dataset, "train", root=data_root, limit=train_limit).tensors
+    model = get_model(name, **recipe["kwargs"])
+    memory_format = torch.channels_last if recipe["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe["weight_decay"])
+    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=gen)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{name} epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            leave=True,
+            file=sys.stderr,
+        )
+        seen = correct = 0
+        loss_sum = 0.0
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = _augment(images[idx], recipe["augment"], gen).to(memory_format=memory_format)
+            y = labels[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+            if step % 20 == 0 or step == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}")
+    wall = time.perf_counter() - started
+
+    ckpt: Dict[str, Any] = {
+        "arch": name,
+        "kwargs": dict(recipe["kwargs"]),
+        "state_dict": _stored_state_dict(model, torch.float32),
+        "state_dict_dtype": "float32",
+        "dataset": dataset,
+        "test_accuracy": 0.0,
+        "test_images": 0,
+        "test_accuracy_first2000": 0.0,
+        "train": {
+            "epochs": epochs,
+            "lr": lr,
+            "seed": seed,
+            "batch_size": batch_size,
+            "optimizer": "Adam",
+            "weight_decay": recipe["weight_decay"],
+            "schedule": "OneCycleLR",
+            "augment": recipe["augment"],
+            "channels_last": recipe["channels_last"],
+            "train_images": len(labels),
+            "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__),
+            "wall_time_s": round(wall, 1),
+        },
+    }
+    if _serialized_size(ckpt) > MAX_CHECKPOINT_BYTES * 0.97:
+        ckpt["state_dict"] = _stored_state_dict(model, torch.float16)
+        ckpt["state_dict_dtype"] = "float16"
+        size = _serialized_size(ckpt)
+        if size > MAX_CHECKPOINT_BYTES * 0.97:
+            raise ValueError(
+                f"{name} with {recipe['kwargs']} needs {size} bytes even in float16; "
+                f"use a smaller width (limit {MAX_CHECKPOINT_BYTES} bytes)"
+            )
+    loaded = model_from_checkpoint(ckpt)
+    ckpt["test_accuracy"] = evaluate(loaded, dataset, root=data_root, limit=eval_limit)
+    ckpt["test_images"] = eval_limit or len(load_dataset(dataset, "test", root=data_root))
+    # Lets tests check the recorded accuracy exactly on a cheap subset.
+    ckpt["test_accuracy_first2000"] = evaluate(loaded, dataset, root=data_root, limit=2000)
+    return ckpt
+
+
+def save_checkpoint(ckpt: Dict[str, Any], path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write ``ckpt`` atomically (temporary file in the same folder, then rename).
+
+    Args:
+        ckpt: The checkpoint dict.
+        path: Destination file.
+
+    Returns:
+        The destination path.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a bundled file must be readable
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point: train one model and write its checkpoint.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 on success).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m ann2snn.models.train",
+        description="Train a reference ANN on MNIST/Fashion-MNIST and write its checkpoint. "
+        "With the defaults it reproduces the bundled checkpoint.",
+    )
+    parser.add_argument("--model", required=True, choices=sorted(MODELS))
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=None, help="default: the bundled checkpoint path"
+    )
+    parser.add_argument("--data-root", default=None, help="see ann2snn.data.find_data_root")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--train-limit", type=int, default=None, help="train on the first N images only"
+    )
+    parser.add_argument(
+        "--eval-limit", type=int, default=None, help="measure accuracy on the first N test images"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    ckpt = train_model(
+        args.model,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        data_root=args.data_root,
+        train_limit=args.train_limit,
+        eval_limit=args.eval_limit,
+        progress=not args.no_progress,
+    )
+    out = save_checkpoint(ckpt, args.out or checkpoint_path(args.model))
+    print(
+        f"{args.model}: test accuracy {ckpt['test_accuracy']:.2f}% on {ckpt['test_images']} "
+        f"{ckpt['dataset']} test images "
+        f"({ckpt['train']['wall_time_s']} s training, {ckpt['state_dict_dtype']} weights) "
+        f"-> {out} ({out.stat().st_size} bytes)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
