@@ -131,6 +131,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="resize image-folder images to PX x PX (default: the model's input size when known)",
     )
     g.add_argument(
+        "--resize",
+        type=_positive_int,
+        metavar="PX",
+        help="ImageNet-style preprocessing: resize the shorter side of image-folder images to "
+        "PX, then center-crop to --image-size (ImageNet: --resize 256 --image-size 224 "
+        "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225)",
+    )
+    g.add_argument(
         "--channels",
         type=int,
         choices=(1, 3),
@@ -139,6 +147,45 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mean", metavar="M[,M,M]", help="subtract this mean (per channel)")
     g.add_argument("--std", metavar="S[,S,S]", help="then divide by this std (per channel)")
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--distributed / --dist-timeout: one rank of a torchrun job (docs/distributed.md)."""
+    g = parser.add_argument_group(
+        "several processes",
+        "Started by torchrun (torchrun --nproc-per-node N -m ann2snn.cli ...), each process\n"
+        "works on its share of the data; results equal one process's; rank 0 prints/writes.",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="require a torchrun job (one is joined automatically when torchrun starts more "
+        "than one process)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="stop when another process has not answered for S seconds (default: "
+        "$ANN2SNN_DIST_TIMEOUT or 1800)",
+    )
+
+
+def start_distributed(args: argparse.Namespace) -> bool:
+    """Join the torchrun job, if there is one; on ranks other than 0, print nothing.
+
+    Raises:
+        CLIError: --distributed without torchrun.
+    """
+    from ann2snn import distributed
+
+    try:
+        joined = distributed.init_from_env(timeout_s=args.dist_timeout, required=args.distributed)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if joined and not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # for the rest of this process
+    return joined
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,6 +216,16 @@ def _positive_int(text: str) -> int:
 
 
 positive_int = _positive_int
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,6 +317,7 @@ def data_options(args: argparse.Namespace, limit: Optional[int], hint: ModelHint
         batch_size=args.batch_size,
         limit=limit,
         image_size=args.image_size or hint.image_size,
+        resize=getattr(args, "resize", None),
         channels=args.channels or hint.channels,
         mean=parse_floats(args.mean, "--mean"),
         std=parse_floats(args.std, "--std"),
@@ -396,7 +454,13 @@ class _to_device:
 
 
 def to_device(loader: Any, device: str) -> Any:
-    return loader if device == "cpu" else _to_device(loader, device)
+    from ann2snn import distributed
+
+    # convert() and evaluate() move each batch to the model's device themselves; a plain
+    # DataLoader lets each rank of a torchrun job read only its own batches.
+    if device == "cpu" or distributed.is_distributed():
+        return loader
+    return _to_device(loader, device)
 
 
 def check_runs(model: nn.Module, data: DataSource, device: str) -> None:

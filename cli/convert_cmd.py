@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
+from ann2snn.distributed import is_main
+
 from .common import (
     CLIError,
     add_conversion_arguments,
     add_data_arguments,
+    add_distributed_arguments,
     add_model_arguments,
     add_runtime_arguments,
     check_outputs,
@@ -19,6 +22,7 @@ from .common import (
     missing_calibration,
     open_calibration,
     open_model,
+    start_distributed,
     validate_mode,
 )
 
@@ -63,11 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(parser)
     add_runtime_arguments(parser)
+    add_distributed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ann2snn import io as snn_io
 
+    distributed = start_distributed(args)  # under torchrun: this rank's share of the data
     validate_mode(args.mode)
     check_outputs([args.output], args.force, [args.input])
     opened = open_model(args, args.input)
@@ -84,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     snn = convert_opened(args, opened, calib)
     seconds = time.perf_counter() - start
+    if distributed and not is_main():
+        return 0  # every rank built the same SNN; rank 0 writes it
     provenance = {
         "input": args.input,
         "calibration": calib.description,

@@ -42,7 +42,9 @@ class DataOptions:
     Attributes:
         batch_size: examples per batch.
         limit: keep only the first ``limit`` examples.
-        image_size: resize image-folder images to this square size.
+        image_size: resize image-folder images to this square size (with ``resize``: the
+            size of the center crop).
+        resize: resize the shorter side to this size, then center-crop (ImageNet style).
         channels: 1 (grayscale) or 3 (RGB) for image folders; None: 3.
         mean / std: per-channel (or single) normalization after scaling to [0, 1].
         root: default folder for dataset names.
@@ -51,6 +53,7 @@ class DataOptions:
     batch_size: int = 256
     limit: Optional[int] = None
     image_size: Optional[int] = None
+    resize: Optional[int] = None
     channels: Optional[int] = None
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
@@ -213,7 +216,15 @@ def _image_folder(folder: pathlib.Path, options: DataOptions) -> Dataset:
     if channels not in (1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels}")
     steps.append(transforms.Grayscale(1) if channels == 1 else transforms.Lambda(_to_rgb))
-    if options.image_size:
+    if options.resize:  # ImageNet style: the shorter side, then a center crop
+        crop = options.image_size or options.resize
+        if crop > options.resize:
+            raise ValueError(
+                f"--image-size {crop} is larger than --resize {options.resize}: the center "
+                "crop must fit (ImageNet: --resize 256 --image-size 224)"
+            )
+        steps += [transforms.Resize(options.resize), transforms.CenterCrop(crop)]
+    elif options.image_size:
         steps.append(transforms.Resize((options.image_size, options.image_size)))
     steps.append(transforms.ToTensor())
     try:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ann2snn.distributed import is_main
+
 from .common import (
     CLIError,
     add_conversion_arguments,
     add_data_arguments,
+    add_distributed_arguments,
     add_model_arguments,
     add_runtime_arguments,
     check_outputs,
@@ -19,6 +22,7 @@ from .common import (
     open_model,
     parse_timesteps,
     positive_int,
+    start_distributed,
     to_device,
     validate_mode,
 )
@@ -70,12 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(parser)
     add_runtime_arguments(parser)
+    add_distributed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import ann2snn
 
     timesteps = parse_timesteps(args.timesteps)
+    distributed = start_distributed(args)  # under torchrun: this rank's share of the data
     validate_mode(args.mode)
     check_outputs([args.csv, args.json, args.plot], args.force, [args.model])
     opened = open_model(args, args.model)
@@ -108,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         timesteps=timesteps,
         progress=not args.no_progress,
     )
+    if distributed and not is_main():
+        return 0  # every rank has the same curve; rank 0 prints and writes it
     print()
     print(curve.table())
     if args.csv:

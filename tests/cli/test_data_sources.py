@@ -103,3 +103,20 @@ def test_bad_normalization(reference) -> None:
         open_data("mnist", split="test", options=DataOptions(limit=2, std=[0.0]))
     with pytest.raises(ValueError, match="3 values but the data has 1 channels"):
         open_data("mnist", split="test", options=DataOptions(limit=2, mean=[0.1, 0.2, 0.3]))
+
+
+def test_image_folder_imagenet_style_resize_then_center_crop(tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "cls"
+    folder.mkdir()
+    # 40 x 20 (W x H): a red left half and a blue right half.
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20, 0], pixels[:, 20:, 2] = 255, 255
+    Image.fromarray(pixels).save(folder / "wide.png")
+    src = open_data(str(tmp_path), split="test", options=DataOptions(resize=10, image_size=8))
+    x, _ = _all(src)
+    assert x.shape == (1, 3, 8, 8)  # shorter side 20 -> 10 (20 x 10), then the central 8 x 8
+    assert float(x[0, 0, :, 0].min()) == 1.0 and float(x[0, 2, :, -1].min()) == 1.0
+    with pytest.raises(ValueError, match="larger than --resize"):
+        open_data(str(tmp_path), split="test", options=DataOptions(resize=8, image_size=10))
