@@ -156,8 +156,21 @@ def test_missing_data_lists_every_place(
     assert data.ENV_VAR in message
     assert "root=" in message
     assert "apt install dataset-fashion-mnist" in message
+
+
+def test_load_dataset_raises_when_nothing_found(
+    isolated: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)  # keep the test off the network
+    with pytest.raises(DataNotFoundError, match="Looked in"):
+        load_dataset("mnist", root=isolated / "wrong")
     with pytest.raises(DataNotFoundError):
-        load_dataset("mnist", root=wrong)
+        make_loader("mnist", root=isolated / "wrong")
 
 
 def test_failed_download_is_reported(

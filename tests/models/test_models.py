@@ -1,0 +1,171 @@
+"""Tests for ann2snn.models: the registry, the networks, the bundled checkpoints."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+import ann2snn.models as models
+from ann2snn.data import find_data_root
+from ann2snn.errors import DataNotFoundError
+from ann2snn.models import (
+    MODEL_DATASETS,
+    MODELS,
+    checkpoint_path,
+    get_model,
+    load_pretrained,
+    pretrained_info,
+)
+from ann2snn.models.train import MAX_CHECKPOINT_BYTES, evaluate, main
+
+# Accuracy floors (percent, full 10k test set) the bundled checkpoints must meet.
+TARGETS = {
+    "mnist_cnn": 98.8,
+    "fmnist_maxpool_cnn": 91.5,
+    "fmnist_avgpool_cnn": 91.0,
+    "fmnist_resnet": 91.0,
+}
+
+
+def _require_data(dataset: str) -> None:
+    try:
+        find_data_root(dataset, split="test", download=False)
+    except DataNotFoundError as exc:
+        pytest.skip(f"real data not available: {exc}")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_builds_and_maps_to_ten_logits(name: str) -> None:
+    torch.manual_seed(0)
+    model = get_model(name)
+    x = torch.rand(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    assert model.eval()(x).shape == (2, 10)
+
+
+def test_registry_is_consistent() -> None:
+    assert set(MODELS) == set(MODEL_DATASETS) == set(TARGETS)
+    assert set(MODEL_DATASETS.values()) <= {"mnist", "fashion-mnist"}
+
+
+def test_unknown_name_lists_known_models() -> None:
+    with pytest.raises(ValueError, match="known models: .*mnist_cnn"):
+        get_model("vgg16")
+    with pytest.raises(ValueError, match="known models"):
+        checkpoint_path("vgg16")
+
+
+def test_model_kwargs_and_validation() -> None:
+    assert get_model("mnist_cnn", padding=1, width=8)(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    assert get_model("fmnist_resnet", width=4)(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(ValueError, match="width"):
+        get_model("fmnist_maxpool_cnn", width=0)
+    with pytest.raises(ValueError, match="padding"):
+        get_model("mnist_cnn", padding=2)
+
+
+def test_architectures_have_the_features_conversion_must_handle() -> None:
+    mnist = get_model("mnist_cnn")
+    assert [type(m) for m in mnist][:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d]
+    assert mnist[-1].in_features == 32  # tutorial shapes: 28-26-13-11-5-3-1
+    maxpool = get_model("fmnist_maxpool_cnn")
+    assert any(isinstance(m, nn.Dropout) for m in maxpool)
+    assert any(isinstance(m, nn.MaxPool2d) for m in maxpool)
+    avgpool = get_model("fmnist_avgpool_cnn")
+    assert any(isinstance(m, nn.AvgPool2d) for m in avgpool)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in avgpool)
+    resnet = get_model("fmnist_resnet")
+    # Functional F.relu only, and downsampling shortcuts where the shape changes.
+    assert not any(isinstance(m, nn.ReLU) for m in resnet.modules())
+    assert resnet.layer1.downsample is None
+    assert resnet.layer2.downsample is not None and resnet.layer3.downsample is not None
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bundled_checkpoint_format(name: str) -> None:
+    path = checkpoint_path(name)
+    assert path.is_file(), f"missing {path}: run python -m ann2snn.models.train --model {name}"
+    assert path.stat().st_size < MAX_CHECKPOINT_BYTES
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["arch"] == name
+    assert ckpt["dataset"] == MODEL_DATASETS[name]
+    assert isinstance(ckpt["kwargs"], dict)
+    assert {"epochs", "lr", "seed"} <= set(ckpt["train"])
+    assert ckpt["test_accuracy"] >= TARGETS[name]
+    assert ckpt["test_images"] == 10_000
+    info = pretrained_info(name)
+    assert info["test_accuracy"] == ckpt["test_accuracy"]
+    assert info["dataset"] == MODEL_DATASETS[name]
+    assert info["kwargs"] == ckpt["kwargs"]
+    assert "state_dict" not in info
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_pretrained_reaches_recorded_accuracy(name: str) -> None:
+    dataset = MODEL_DATASETS[name]
+    _require_data(dataset)
+    model = load_pretrained(name)
+    assert not model.training
+    assert all(
+        p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point()
+    )
+    assert all(not m.training for m in model.modules())
+    info = pretrained_info(name)
+    with torch.no_grad():
+        measured = evaluate(model, dataset, limit=2000)
+    # Same weights, same images: only float summation order could flip a borderline image.
+    assert abs(measured - info["test_accuracy_first2000"]) <= 0.05
+    # The first 2,000 test images are a little harder than the rest, but not by much.
+    assert abs(measured - info["test_accuracy"]) <= 3.0
+
+
+def test_missing_checkpoint_says_how_to_train(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m ann2snn.models.train --model mnist_cnn"):
+        load_pretrained("mnist_cnn")
+    with pytest.raises(FileNotFoundError, match="python -m ann2snn.models.train"):
+        pretrained_info("fmnist_resnet")
+
+
+def test_train_cli_writes_a_loadable_checkpoint(tmp_path: pathlib.Path) -> None:
+    _require_data("mnist")
+    out = tmp_path / "sub" / "tiny.pt"
+    argv = ["--model", "mnist_cnn", "--epochs", "1", "--train-limit", "512", "--eval-limit", "500"]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*argv, "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["arch"] == "mnist_cnn" and ckpt["train"]["train_images"] == 512
+    assert ckpt["test_images"] == 500
+    assert 0.0 <= ckpt["test_accuracy"] <= 100.0
+    assert [p.name for p in out.parent.iterdir()] == ["tiny.pt"]  # no temporary left behind
+    model = models.model_from_checkpoint(ckpt)
+    assert evaluate(model, "mnist", limit=500) == pytest.approx(ckpt["test_accuracy"], abs=0.2)
+
+
+def test_training_is_deterministic() -> None:
+    _require_data("mnist")
+    from ann2snn.models.train import train_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = [
+            train_model(
+                "mnist_cnn", epochs=1, train_limit=256, eval_limit=200, seed=3, progress=False
+            )
+            for _ in range(2)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    first, second = (r["state_dict"] for r in runs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"]
