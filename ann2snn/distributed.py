@@ -451,7 +451,7 @@ def shard(
     if isinstance(data, Dataset) and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         n = len(data) if max_batches is None else min(len(data), max_batches)
         return Subset(data, range(r, n, w))
-    if iter(data) is data:
+    if not isinstance(data, DataLoader) and iter(data) is data:  # (iter() starts workers)
         return itertools.islice(data, r, max_batches, w)
     return _Strided(data, r, w, max_batches)
 
