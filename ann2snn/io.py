@@ -768,6 +768,43 @@ def is_snn_file(path: PathLike) -> bool:
     return True
 
 
+def _assign_state(snn: nn.Module, state: Mapping[str, torch.Tensor], path, version) -> None:
+    """Set every parameter and buffer of the converted graph from ``state``.
+
+    Buffers that calibration may leave unset (``None``, so absent from a ``state_dict``,
+    such as per-channel initial potentials) are set or cleared to match the file.
+
+    Raises:
+        ValueError: the file's entries do not fit the rebuilt graph.
+    """
+    own = {k: v for k, v in snn.state_dict().items() if not k.startswith("ann.")}
+    mismatch: List[str] = []
+    for key in sorted(set(own) | set(state)):
+        owner_name, _, attr = key.rpartition(".")
+        try:
+            owner = snn.get_submodule(owner_name)
+        except AttributeError:
+            mismatch.append(key)
+            continue
+        value = state.get(key)
+        if attr in owner._buffers:
+            owner._buffers[attr] = None if value is None else value.detach().clone()
+        elif attr in owner._parameters and value is not None:
+            param = owner._parameters[attr]
+            if param is None or param.shape != value.shape:
+                mismatch.append(key)
+            else:
+                with torch.no_grad():
+                    param.copy_(value)
+        else:
+            mismatch.append(key)
+    if mismatch:
+        raise ValueError(
+            f"{path} was written by ann2snn {version}, whose converted graph differs from this "
+            f"version's (entries {mismatch[:6]}); convert the model again"
+        )
+
+
 def load_snn(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
     """Load an SNN written by :func:`save_snn`.
 
@@ -805,21 +842,10 @@ def load_snn(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
             f"{path} was converted with options {unknown} that this ann2snn version does not "
             f"know (written by ann2snn {data.get('ann2snn_version')}); upgrade ann2snn"
         )
-    # Calibration values do not shape the graph: a dummy batch rebuilds the same structure,
-    # and every calibrated number is then loaded from the file.
-    dummy = [torch.zeros((2,) + tuple(shape))]
-    snn = convert(ann, calib_data=dummy, **opts)
-    own = {k for k in snn.state_dict() if not k.startswith("ann.")}
-    stored = set(data["snn_state"])
-    if own != stored:
-        diff = sorted(own ^ stored)[:6]
-        raise ValueError(
-            f"{path} was written by ann2snn {data.get('ann2snn_version')} whose converted graph "
-            f"differs from this version's (entries {diff}); re-convert the model"
-        )
-    incompatible = snn.load_state_dict(data["snn_state"], strict=False)
-    if incompatible.unexpected_keys:
-        raise ValueError(f"{path}: unexpected entries {incompatible.unexpected_keys[:6]}")
+    # Calibration values do not shape the graph: the probe batch rebuilds the same
+    # structure, and every calibrated number is then taken from the file.
+    snn = convert(ann, calib_data=[probe["input"].reshape((-1,) + tuple(shape))], **opts)
+    _assign_state(snn, data["snn_state"], path, data.get("ann2snn_version"))
     snn.meta.update({k: v for k, v in data.get("meta", {}).items() if k not in snn.meta})
     snn.meta["provenance"] = data.get("provenance", {})
     snn.meta["file"] = str(path)

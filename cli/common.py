@@ -14,8 +14,6 @@ from torch import nn
 
 from .data_sources import DataOptions, DataSource, open_data, parse_floats
 
-DEFAULT_MODE = "99.9%"
-
 
 class CLIError(ValueError):
     """A problem with the command line or its inputs; printed without a traceback."""
@@ -49,14 +47,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def api_default(name: str) -> Any:
+    """The default of ``ann2snn.convert``'s option ``name`` (the CLI never overrides it)."""
+    import inspect
+
+    import ann2snn
+
+    param = inspect.signature(ann2snn.convert).parameters.get(name)
+    return None if param is None else param.default
+
+
+def _default_text(name: str) -> str:
+    return str(api_default(name)).replace("%", "%%")  # argparse %-formats help texts
+
+
 def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str) -> None:
-    """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init / --no-fold."""
+    """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init / --no-fold.
+
+    Options left out take ``ann2snn.convert``'s defaults, so the command converts exactly
+    as the Python API does.
+    """
     g = parser.add_argument_group("conversion")
     g.add_argument(
         "--mode",
-        default=DEFAULT_MODE,
         help="activation normalization: 'max', a percentile such as '99.9%%' or '99.99%%', "
-        "or a number 0 < s <= 1 meaning s * max (default: %(default)s)",
+        f"or a number 0 < s <= 1 meaning s * max (default: {_default_text('mode')})",
     )
     g.add_argument("--calib", metavar="DATA", help=calib_help)
     g.add_argument(
@@ -71,17 +86,30 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         metavar="N",
         help="calibrate on the first N examples only (default: all; 2,000 is usually enough)",
     )
-    g.add_argument(
+    channelwise = api_default("channelwise")
+    scope = g.add_mutually_exclusive_group()
+    scope.add_argument(
         "--channelwise",
-        action="store_true",
-        help="one normalization scale per channel instead of one per layer",
+        dest="channelwise",
+        action="store_const",
+        const=True,
+        help="one normalization scale per channel"
+        + (" (the default)" if channelwise is True else ""),
+    )
+    scope.add_argument(
+        "--layerwise",
+        dest="channelwise",
+        action="store_const",
+        const=False,
+        help="one normalization scale per layer"
+        + (" (the default)" if channelwise is False else ""),
     )
     g.add_argument(
         "--v-init",
         type=float,
-        default=0.5,
         metavar="F",
-        help="initial membrane potential as a fraction of the threshold (default: %(default)s)",
+        help="initial membrane potential as a fraction of the threshold (default: "
+        f"{_default_text('v_init')})",
     )
     methods = _maxpool_methods()
     if methods:
@@ -89,12 +117,14 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
             "--maxpool",
             choices=sorted(methods),
             default=None,
-            help="how max pooling converts (default: auto): "
+            help=f"how max pooling converts (default: {_default_text('maxpool')}): "
             + "; ".join(f"{k}: {v}" for k, v in methods.items()),
         )
     g.add_argument(
         "--no-fold",
-        action="store_true",
+        dest="fold_scales",
+        action="store_const",
+        const=False,
         help="keep normalization scales as neuron thresholds instead of folding them into "
         "the weights",
     )
@@ -417,25 +447,24 @@ def describe_source(source: Dict[str, Any]) -> str:
     return f"ANN: {kind}"
 
 
+def conversion_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ``ann2snn.convert`` options given on the command line (others keep the defaults)."""
+    names = ("mode", "channelwise", "v_init", "fold_scales", "maxpool")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def convert_opened(args: argparse.Namespace, opened: Opened, calib: DataSource) -> Any:
     """Convert ``opened.loaded.module`` with the command line's conversion options."""
     import ann2snn
 
     model = opened.loaded.module
     check_runs(model, calib, args.device)
-    extra = {}
-    if getattr(args, "maxpool", None):
-        extra["maxpool"] = args.maxpool
     return ann2snn.convert(
         model,
-        mode=args.mode,
         calib_data=to_device(calib.loader, args.device),
         calib_batches=args.calib_batches,
-        channelwise=args.channelwise,
-        v_init=args.v_init,
-        fold_scales=not args.no_fold,
         progress=not args.no_progress,
-        **extra,
+        **conversion_options(args),
     )
 
 
@@ -507,9 +536,11 @@ def missing_calibration(need: str) -> CLIError:
     )
 
 
-def validate_mode(text: str) -> None:
+def validate_mode(text: Optional[str]) -> None:
     from ann2snn.modes import parse_mode
 
+    if text is None:
+        return
     try:
         parse_mode(text)
     except ValueError as exc:
@@ -532,6 +563,8 @@ def format_options(meta: Dict[str, Any]) -> str:
     ]
     if meta.get("fold_scales") is False:
         parts.append("scales not folded")
+    if meta.get("maxpool") not in (None, "auto"):
+        parts.append(f"max pooling {meta['maxpool']}")
     return ", ".join(parts)
 
 

@@ -262,8 +262,13 @@ def test_onnx_resnet18_random_weights(tmp_path, dynamo) -> None:
     path = tmp_path / "resnet18.onnx"
     _export_onnx(net, calib[:2], path, dynamo)
     loaded = snn_io.load_model(path)
-    direct = ann2snn.convert(net, calib_data=[calib])
-    via_onnx = ann2snn.convert(loaded.module, calib_data=[calib])
+    # Searches that pick discrete per-layer factors can tip either way on near-ties: on
+    # random weights, a 1e-7 relative change of the weights alone moves the outputs by
+    # ~1e-2. The import is compared on the deterministic part of the conversion.
+    params = inspect.signature(ann2snn.convert).parameters
+    exact = {k: False for k in ("threshold_search", "potential_calibration") if k in params}
+    direct = ann2snn.convert(net, calib_data=[calib], **exact)
+    via_onnx = ann2snn.convert(loaded.module, calib_data=[calib], **exact)
     assert len(via_onnx.neurons()) == len(direct.neurons()) == 17
     out_direct = direct(test, 32)
     assert out_direct.abs().max() > 0.1  # the comparison is not between zeros

@@ -110,7 +110,7 @@ def test_bundled_model_name_as_input(tmp_path, cli) -> None:
             "1",
             "--batch-size",
             "64",
-            "--channelwise",
+            "--layerwise",
             "-o",
             str(out),
             "--no-progress",
@@ -118,7 +118,7 @@ def test_bundled_model_name_as_input(tmp_path, cli) -> None:
     )
     assert result.returncode == 0, result.stderr
     data = torch.load(out, weights_only=True)
-    assert data["options"]["channelwise"] is True
+    assert data["options"]["channelwise"] is False
     assert data["provenance"]["calib_batches"] == 1
-    thresholds = [m.scale for _, m in snn_io.load_snn(out).neurons()]
-    assert all(t.numel() > 1 for t in thresholds[:2])  # per-channel scales
+    scales = [m.scale for _, m in snn_io.load_snn(out).neurons()]
+    assert all(t.numel() == 1 for t in scales)  # one scale per layer

@@ -88,4 +88,6 @@ def test_eval_ann_is_converted_on_the_fly(checkpoint, cli) -> None:
     assert "mode max" in result.stdout
     rows = {ln.split()[0]: ln.split() for ln in result.stdout.splitlines() if ln.split()[:1]}
     assert "4" in rows and "32" in rows
-    assert float(rows["32"][1]) >= float(rows["4"][1])
+    # Columns: T, SNN accuracy, difference to the ANN, relative output error. On 100
+    # images accuracy can wobble by an image; the output error shrinks with T.
+    assert float(rows["32"][3]) < float(rows["4"][3])

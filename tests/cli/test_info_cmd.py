@@ -51,6 +51,12 @@ def test_info_structure_and_activity_report(tmp_path, snn_file, cli) -> None:
     assert abs(report["ann_energy_uj"] - report["ann_macs_total"] * ENERGY_PER_MAC_PJ * 1e-6) < 1e-9
 
 
+def _summary(t) -> str:
+    """A scalar, or the range of per-channel values, as the layer table prints them."""
+    t = t.flatten()
+    return f"{t.item():.4g}" if t.numel() == 1 else f"{t.min().item():.3g}..{t.max().item():.3g}"
+
+
 def test_info_without_data_lists_thresholds(snn_file, capsys) -> None:
     from ann2snn.cli.main import main
 
@@ -59,6 +65,6 @@ def test_info_without_data_lists_thresholds(snn_file, capsys) -> None:
     snn = snn_io.load_snn(snn_file)
     for name, neuron in snn.neurons():
         line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
-        assert f"threshold {neuron.threshold.item():.4g}" in line
-        assert f"scale {neuron.scale.item():.4g}" in line
+        assert f"threshold {_summary(neuron.threshold)}" in line
+        assert f"scale {_summary(neuron.scale)}" in line
     assert "per-layer activity" not in out
