@@ -171,17 +171,20 @@ def _compile(with_cuda: bool) -> str:
         sources += [str(p) for p in CUDA_SOURCES]
     name = _library_name(with_cuda)
     build_dir = _build_directory()
-    include_dirs = [str(CSRC_DIR)]
+    cuda_cflags = ["-O3", "-fmad=false"]
     if with_cuda:
-        include_dirs += cuda_library_include_dirs(cpp_extension.CUDA_HOME or "")
+        # Appended after the toolkit's own include folder, so that only headers the
+        # toolkit lacks come from the wheels (whose CUDA version may differ from nvcc's).
+        for folder in cuda_library_include_dirs(cpp_extension.CUDA_HOME or ""):
+            cuda_cflags += ["-isystem", folder]
     with _ninja_on_path():
         loaded = cpp_extension.load(
             name=name,
             sources=sources,
             extra_cflags=cflags,
-            extra_cuda_cflags=["-O3", "-fmad=false"],
+            extra_cuda_cflags=cuda_cflags,
             extra_ldflags=ldflags,
-            extra_include_paths=include_dirs,
+            extra_include_paths=[str(CSRC_DIR)],
             build_directory=build_dir,
             with_cuda=with_cuda,
             is_python_module=False,

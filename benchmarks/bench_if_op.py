@@ -8,7 +8,8 @@ Times, on a float32 input of shape ``[T, batch, 32, 28, 28]`` (default batch 64)
 - ``reference``: the pure-torch per-step loop (``if_multistep_reference``);
 - ``compiled_ref``: ``torch.compile`` of the reference (skipped if it fails here);
 - ``spikingjelly``: SpikingJelly's ``IFNode(step_mode='m', v_reset=None)`` (soft reset),
-  ``backend='torch'`` (skipped if spikingjelly cannot be imported);
+  ``backend='torch'`` where that argument exists (SpikingJelly 2.0 dropped it and picks
+  its CPU implementation itself); skipped if spikingjelly cannot be imported;
 - ``copy``: ``y.copy_(x)`` into a preallocated ``y``: the memory-bandwidth floor;
 - ``clone``: ``x.clone()``, i.e. a copy into a freshly allocated output, as the op must do.
 
@@ -52,7 +53,12 @@ def _spikingjelly_node() -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     except Exception as error:  # any import problem: report and skip
         print(f"spikingjelly: skipped ({type(error).__name__}: {error})")
         return None
-    node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m", backend="torch")
+    try:
+        node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m", backend="torch")
+    except TypeError:
+        # SpikingJelly 2.0 has no `backend` argument: it picks the implementation by
+        # device (on the CPU, a per-step torch loop).
+        node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         functional.reset_net(node)
@@ -77,7 +83,15 @@ def _compiled_reference() -> Optional[Callable]:
         return None
 
 
-def bench(T: int, batch: int, warmup: int, repeat: int, skip: List[str]) -> Dict[str, float]:
+def bench(
+    T: int,
+    batch: int,
+    warmup: int,
+    repeat: int,
+    skip: List[str],
+    compile_max_t: int,
+    spikingjelly_max_t: int,
+) -> Dict[str, float]:
     """Times every variant for one T; returns seconds per call by variant name."""
     shape = (T, batch, 32, 28, 28)
     gen = torch.Generator().manual_seed(0)
@@ -103,11 +117,15 @@ def bench(T: int, batch: int, warmup: int, repeat: int, skip: List[str]) -> Dict
         times["reference"] = _median_seconds(
             lambda: if_multistep_reference(x, v, threshold), warmup, repeat
         )
-    if "compiled_ref" not in skip:
+    if "compiled_ref" not in skip and T > compile_max_t:
+        print(f"compiled_ref: skipped at T={T} > --compile-max-T={compile_max_t}")
+    elif "compiled_ref" not in skip:
         fn = _compiled_reference()
         if fn is not None:
             times["compiled_ref"] = _median_seconds(lambda: fn(x, v, threshold), warmup, repeat)
-    if "spikingjelly" not in skip:
+    if "spikingjelly" not in skip and T > spikingjelly_max_t:
+        print(f"spikingjelly: skipped at T={T} > --spikingjelly-max-T={spikingjelly_max_t}")
+    elif "spikingjelly" not in skip:
         node = _spikingjelly_node()
         if node is not None:
             out = node(x)
@@ -131,6 +149,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         choices=["reference", "compiled_ref", "spikingjelly"],
         help="variants to leave out",
     )
+    parser.add_argument(
+        "--compile-max-T",
+        type=int,
+        default=32,
+        help="largest T for torch.compile of the reference: it unrolls the time loop, "
+        "so compiling takes minutes at large T (default 32)",
+    )
+    parser.add_argument(
+        "--spikingjelly-max-T",
+        type=int,
+        default=32,
+        help="largest T for SpikingJelly, whose CPU path keeps ~4 input-sized tensors "
+        "alive (6.4 GB at T=128; default 32)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ops {backend_info()}")
@@ -140,7 +172,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     for T in args.T:
         gb = T * args.batch * 32 * 28 * 28 * 4 / 1e9
         print(f"T={T}: [{T}, {args.batch}, 32, 28, 28] float32, {gb:.2f} GB per tensor ...")
-        rows.append((T, bench(T, args.batch, args.warmup, args.repeat, args.skip)))
+        times = bench(
+            T,
+            args.batch,
+            args.warmup,
+            args.repeat,
+            args.skip,
+            args.compile_max_T,
+            args.spikingjelly_max_T,
+        )
+        rows.append((T, times))
         gc.collect()
     present = [n for n in names if any(n in times for _, times in rows)]
     header = f"{'T':>5} " + " ".join(f"{n:>13}" for n in present)

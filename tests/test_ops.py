@@ -120,6 +120,7 @@ SHAPES = [
     (9, 2, 3, 4, 5),
     (7, 3, 5),  # [T, B, F]
     (16, 37, 19, 3),  # odd sizes: vector head/tail paths
+    (5, 3, 4, 7, 9),  # channel runs of 63 elements, split across blocks
     (5, 1000),  # 1-D S: scalar threshold only
     (3, 2, 4, 64, 65),
 ]
@@ -153,6 +154,28 @@ def test_kernel_large_output(device):
         pytest.skip("compiled C++ kernel not in use")
     for per_channel in (False, True):
         _check_against_reference(*_inputs((4, 3, 7, 211, 251), per_channel, device))
+
+
+@needs_compiled_cpu
+def test_cpu_kernel_without_avx2():
+    """The SSE2 (streaming) and generic paths, which AVX2 machines otherwise never run."""
+    code = """
+import torch
+from tests.test_ops import _check_against_reference, _inputs
+for shape in [(4, 3, 7, 211, 251), (9, 2, 3, 4, 5), (5, 3, 4, 7, 9), (16, 37, 19, 3)]:
+    for per_channel in (False, True):
+        _check_against_reference(*_inputs(shape, per_channel))
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "ANN2SNN_DISABLE_AVX2": "1"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -21,6 +22,12 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #define ANN2SNN_HAVE_SSE2 1
+#endif
+// AVX2 is used where the CPU has it, chosen at run time: the library is built for the
+// baseline ISA so that a build cache can be shared between machines.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ANN2SNN_HAVE_AVX2_DISPATCH 1
 #endif
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -31,9 +38,12 @@
 namespace ann2snn {
 namespace {
 
-// Elements per block: 128 KiB of membrane potential (+ as much for per-channel
+// Elements per block: 64 KiB of membrane potential (+ as much for per-element
 // thresholds) per task.
-constexpr int64_t kBlock = 32768;
+constexpr int64_t kBlock = 16384;
+// Per-channel thresholds are broadcast per run of a channel's elements when runs are at
+// least this long, else read from a per-element buffer.
+constexpr int64_t kMinChannelRun = 32;
 // Outputs at least this large are written with non-temporal stores and backed by
 // transparent huge pages.
 constexpr int64_t kLargeOutputBytes = int64_t{16} << 20;
@@ -101,22 +111,112 @@ inline void if_step_row_stream(const float* __restrict__ x, float* __restrict__ 
 }
 #endif
 
-template <typename scalar_t, typename Threshold>
-inline void if_block(const scalar_t* x, int64_t time_stride, int64_t T, int64_t step_numel,
-                     float* v, const Threshold th, scalar_t* s, int64_t n, bool stream) {
-#if ANN2SNN_HAVE_SSE2
-  if constexpr (std::is_same_v<scalar_t, float>) {
+#if ANN2SNN_HAVE_AVX2_DISPATCH
+__attribute__((target("avx2"))) inline __m256 load_threshold8(const ScalarThreshold th,
+                                                               int64_t) {
+  return _mm256_set1_ps(th.value);
+}
+__attribute__((target("avx2"))) inline __m256 load_threshold8(const BlockThreshold th,
+                                                               int64_t i) {
+  return _mm256_loadu_ps(th.values + i);
+}
+
+// The float32 step, 8 lanes at a time; spikes optionally with streaming stores.
+template <typename Threshold>
+__attribute__((target("avx2"))) void if_step_row_avx2(const float* __restrict__ x,
+                                                       float* __restrict__ v,
+                                                       const Threshold th,
+                                                       float* __restrict__ s, int64_t n,
+                                                       bool stream) {
+  int64_t i = 0;
+  if (stream) {
+    i = std::min<int64_t>(
+        n, ((32 - reinterpret_cast<std::uintptr_t>(s) % 32) % 32) / sizeof(float));
+    if_step_row<float>(x, v, th, s, i);
+  }
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 thv = load_threshold8(th, i);
+    const __m256 vi = _mm256_add_ps(_mm256_loadu_ps(v + i), _mm256_loadu_ps(x + i));
+    const __m256 si = _mm256_and_ps(_mm256_cmp_ps(vi, thv, _CMP_GE_OQ), one);
+    _mm256_storeu_ps(v + i, _mm256_sub_ps(vi, _mm256_mul_ps(si, thv)));
     if (stream) {
-      for (int64_t t = 0; t < T; ++t) {
-        if_step_row_stream(x + t * time_stride, v, th, s + t * step_numel, n);
-      }
-      return;
+      _mm256_stream_ps(s + i, si);
+    } else {
+      _mm256_storeu_ps(s + i, si);
     }
   }
+  if (i < n) {
+    if_step_row<float>(x + i, v + i, th.shifted(i), s + i, n - i);
+  }
+}
+
+// ANN2SNN_DISABLE_AVX2=1 forces the SSE2/generic paths (for tests on AVX2 machines).
+bool cpu_has_avx2() {
+  static const bool has = [] {
+    const char* disable = std::getenv("ANN2SNN_DISABLE_AVX2");
+    return __builtin_cpu_supports("avx2") && !(disable && disable[0] == '1');
+  }();
+  return has;
+}
 #endif
+
+// One step over a row of n elements, with the widest vector code the CPU runs and
+// streaming stores where asked.
+template <typename scalar_t, typename Threshold>
+inline void if_row(const scalar_t* x, float* v, const Threshold th, scalar_t* s, int64_t n,
+                   bool stream) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+#if ANN2SNN_HAVE_AVX2_DISPATCH
+    if (cpu_has_avx2()) {
+      if_step_row_avx2(x, v, th, s, n, stream);
+      return;
+    }
+#endif
+#if ANN2SNN_HAVE_SSE2
+    if (stream) {
+      if_step_row_stream(x, v, th, s, n);
+      return;
+    }
+#endif
+  }
   (void)stream;
-  for (int64_t t = 0; t < T; ++t) {
-    if_step_row<scalar_t>(x + t * time_stride, v, th, s + t * step_numel, n);
+  if_step_row<scalar_t>(x, v, th, s, n);
+}
+
+// The T steps over one block of n elements starting at flat element e0 of S. Rows stay
+// whole and contiguous in every case; only the threshold access differs.
+template <typename scalar_t>
+void if_block(const scalar_t* x, int64_t time_stride, int64_t T, int64_t step_numel,
+              float* v, const float* threshold, int64_t channels, int64_t inner, int64_t e0,
+              int64_t n, scalar_t* s, float* th_buffer, bool stream) {
+  const auto row = [&](int64_t t, int64_t offset, int64_t length, auto th) {
+    if_row(x + t * time_stride + offset, v + offset, th, s + t * step_numel + offset, length,
+           stream);
+  };
+  if (channels == 1) {
+    for (int64_t t = 0; t < T; ++t) {
+      row(t, 0, n, ScalarThreshold{threshold[0]});
+    }
+  } else if (inner >= kMinChannelRun) {
+    // Per-channel threshold, channels in long runs (conv feature maps): one broadcast
+    // threshold per run instead of a per-element threshold load.
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < n;) {
+        const int64_t plane = (e0 + i) / inner;
+        const int64_t length = std::min(n, (plane + 1) * inner - e0) - i;
+        row(t, i, length, ScalarThreshold{threshold[plane % channels]});
+        i += length;
+      }
+    }
+  } else {
+    // Per-channel threshold, short runs (e.g. [B, F] with a threshold per feature).
+    for (int64_t i = 0; i < n; ++i) {
+      th_buffer[i] = threshold[((e0 + i) / inner) % channels];
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      row(t, 0, n, BlockThreshold{th_buffer});
+    }
   }
 }
 
@@ -133,25 +233,17 @@ void if_multistep_cpu_impl(const scalar_t* x, int64_t time_stride, const float* 
   const int64_t num_blocks = (step_numel + block - 1) / block;
   // Tiny inputs (< ~64K element-steps in all) stay on the calling thread.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (block * T));
-  const bool per_channel = channels > 1;
+  const bool needs_th_buffer = channels > 1 && inner < kMinChannelRun;
   at::parallel_for(0, num_blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> th(per_channel ? block : 0);
+    std::vector<float> th_buffer(needs_th_buffer ? block : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t e0 = b * block;
       const int64_t n = std::min(block, step_numel - e0);
       // v_out doubles as the block's working membrane potential.
       float* v = v_out + e0;
       std::copy(v_in + e0, v_in + e0 + n, v);
-      if (per_channel) {
-        for (int64_t i = 0; i < n; ++i) {
-          th[i] = threshold[((e0 + i) / inner) % channels];
-        }
-        if_block(x + e0, time_stride, T, step_numel, v, BlockThreshold{th.data()},
-                 spikes + e0, n, stream);
-      } else {
-        if_block(x + e0, time_stride, T, step_numel, v, ScalarThreshold{threshold[0]},
-                 spikes + e0, n, stream);
-      }
+      if_block(x + e0, time_stride, T, step_numel, v, threshold, channels, inner, e0, n,
+               spikes + e0, th_buffer.data(), stream);
     }
 #if ANN2SNN_HAVE_SSE2
     if (stream) {
