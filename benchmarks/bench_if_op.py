@@ -13,7 +13,7 @@ Times, on a float32 input of shape ``[T, batch, 32, 28, 28]`` (default batch 64)
 - ``copy``: ``y.copy_(x)`` into a preallocated ``y``: the memory-bandwidth floor;
 - ``clone``: ``x.clone()``, i.e. a copy into a freshly allocated output, as the op must do.
 
-Each time is the median of ``--repeat`` runs after ``--warmup`` runs. Example::
+Tables give the median and the minimum of ``--repeat`` runs after ``--warmup`` runs. Example::
 
     python benchmarks/bench_if_op.py --T 8 32 128 --threads 2
 """
@@ -22,29 +22,35 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ann2snn.ops import backend_info, if_multistep, if_multistep_reference
 
+# perf_counter: wall time. process_time (--timer cpu): CPU time of all threads together,
+# which on a shared, busy machine does not count the time the process was preempted.
+_TIMER: Callable[[], float] = time.perf_counter
 
-def _median_seconds(fn: Callable[[], object], warmup: int, repeat: int) -> float:
+
+def _timings(fn: Callable[[], object], warmup: int, repeat: int) -> List[float]:
+    """All ``repeat`` timings (seconds) after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = _TIMER()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(_TIMER() - start)
+    return times
 
 
-def _time_copy(x: torch.Tensor, warmup: int, repeat: int) -> float:
+def _time_copy(x: torch.Tensor, warmup: int, repeat: int) -> List[float]:
     y = torch.empty_like(x)
-    return _median_seconds(lambda: y.copy_(x), warmup, repeat)
+    return _timings(lambda: y.copy_(x), warmup, repeat)
 
 
 def _spikingjelly_node() -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -91,30 +97,28 @@ def bench(
     skip: List[str],
     compile_max_t: int,
     spikingjelly_max_t: int,
-) -> Dict[str, float]:
-    """Times every variant for one T; returns seconds per call by variant name."""
+) -> Dict[str, List[float]]:
+    """Times every variant for one T; returns the timings (seconds) by variant name."""
     shape = (T, batch, 32, 28, 28)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=gen) * 0.5  # keeps the neurons spiking at ~25%
     v = torch.zeros(shape[1:])
     threshold = torch.ones(1)
-    times: Dict[str, float] = {}
+    times: Dict[str, List[float]] = {}
 
     times["copy"] = _time_copy(x, warmup, repeat)
-    times["clone"] = _median_seconds(lambda: x.clone(), warmup, repeat)
+    times["clone"] = _timings(lambda: x.clone(), warmup, repeat)
 
     expected = if_multistep(x, v, threshold)
     reference = if_multistep_reference(x, v, threshold)
     assert torch.equal(expected[0], reference[0]) and torch.equal(expected[1], reference[1])
     del expected, reference
     gc.collect()
-    times["kernel"] = _median_seconds(lambda: if_multistep(x, v, threshold), warmup, repeat)
+    times["kernel"] = _timings(lambda: if_multistep(x, v, threshold), warmup, repeat)
     x_const = x[0].unsqueeze(0).expand(shape)
-    times["kernel_const"] = _median_seconds(
-        lambda: if_multistep(x_const, v, threshold), warmup, repeat
-    )
+    times["kernel_const"] = _timings(lambda: if_multistep(x_const, v, threshold), warmup, repeat)
     if "reference" not in skip:
-        times["reference"] = _median_seconds(
+        times["reference"] = _timings(
             lambda: if_multistep_reference(x, v, threshold), warmup, repeat
         )
     if "compiled_ref" not in skip and T > compile_max_t:
@@ -122,7 +126,7 @@ def bench(
     elif "compiled_ref" not in skip:
         fn = _compiled_reference()
         if fn is not None:
-            times["compiled_ref"] = _median_seconds(lambda: fn(x, v, threshold), warmup, repeat)
+            times["compiled_ref"] = _timings(lambda: fn(x, v, threshold), warmup, repeat)
     if "spikingjelly" not in skip and T > spikingjelly_max_t:
         print(f"spikingjelly: skipped at T={T} > --spikingjelly-max-T={spikingjelly_max_t}")
     elif "spikingjelly" not in skip:
@@ -131,8 +135,26 @@ def bench(
             out = node(x)
             assert torch.equal(out, if_multistep(x, v, threshold)[0]), "spikingjelly differs"
             del out
-            times["spikingjelly"] = _median_seconds(lambda: node(x), warmup, repeat)
+            times["spikingjelly"] = _timings(lambda: node(x), warmup, repeat)
     return times
+
+
+def _print_table(
+    rows: List[Tuple[int, Dict[str, List[float]]]],
+    present: List[str],
+    stat: Callable[[List[float]], float],
+) -> None:
+    header = f"{'T':>5} " + " ".join(f"{n:>13}" for n in present)
+    header += f" {'kernel/copy':>12} {'kernel/clone':>13} {'ref/kernel':>11}"
+    print(header)
+    for T, timings in rows:
+        t = {name: stat(values) for name, values in timings.items()}
+        cells = " ".join(f"{t[n] * 1e3:13.1f}" if n in t else f"{'-':>13}" for n in present)
+        ratio_ref = t["reference"] / t["kernel"] if "reference" in t else float("nan")
+        print(
+            f"{T:>5} {cells} {t['kernel'] / t['copy']:12.2f}"
+            f" {t['kernel'] / t['clone']:13.2f} {ratio_ref:11.1f}"
+        )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,9 +185,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="largest T for SpikingJelly, whose CPU path keeps ~4 input-sized tensors "
         "alive (6.4 GB at T=128; default 32)",
     )
+    parser.add_argument(
+        "--timer",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time (default); cpu: process CPU time summed over threads, "
+        "robust to other load on the machine (use with --threads 1 to compare)",
+    )
     args = parser.parse_args(argv)
+    global _TIMER
+    _TIMER = time.perf_counter if args.timer == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ops {backend_info()}")
+    if hasattr(os, "getloadavg"):
+        print("load average before: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     names = ["copy", "clone", "kernel", "kernel_const"]
     names += ["reference", "compiled_ref", "spikingjelly"]
     rows = []
@@ -184,18 +217,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append((T, times))
         gc.collect()
     present = [n for n in names if any(n in times for _, times in rows)]
-    header = f"{'T':>5} " + " ".join(f"{n:>13}" for n in present)
-    header += f" {'kernel/copy':>12} {'kernel/clone':>13} {'ref/kernel':>11}"
     print()
-    print("times in ms (median of", args.repeat, "runs)")
-    print(header)
-    for T, times in rows:
-        cells = " ".join(f"{times[n] * 1e3:13.1f}" if n in times else f"{'-':>13}" for n in present)
-        ratio_ref = times["reference"] / times["kernel"] if "reference" in times else float("nan")
-        print(
-            f"{T:>5} {cells} {times['kernel'] / times['copy']:12.2f}"
-            f" {times['kernel'] / times['clone']:13.2f} {ratio_ref:11.1f}"
-        )
+    if hasattr(os, "getloadavg"):
+        print("load average after: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    for label, stat in (("median", statistics.median), ("minimum", min)):
+        print(f"\n{args.timer} times in ms, {label} of {args.repeat} runs")
+        _print_table(rows, present, stat)
     return 0
 
 
