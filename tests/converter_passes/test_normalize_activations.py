@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -21,7 +23,8 @@ def _normalized(model, calib, mode="99.9%", channelwise=False):
     from torch.fx.passes.shape_prop import ShapeProp
 
     parsed = parse_mode(mode)
-    gm = canonicalize_activations(trace(model))
+    # fx.GraphModule shares submodules with the traced model: work on a copy, as convert() does.
+    gm = canonicalize_activations(trace(copy.deepcopy(model)))
     ShapeProp(gm).propagate(calib[0][:2])
     gm = fold_batchnorm(gm)
     gm = insert_observers(gm, parsed.quantile, 1 if channelwise else None)
