@@ -86,6 +86,7 @@ def convert(
         "mode": norm.text,
         "channelwise": channelwise,
         "v_init": v_init,
+        "fold_scales": fold_scales,
         "input_shape": list(example.shape[1:]),
         "model_class": type(model).__name__,
     }
