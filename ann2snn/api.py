@@ -23,6 +23,7 @@ def convert(
     channelwise: bool = False,
     v_init: float = 0.5,
     fold_scales: bool = True,
+    maxpool: str = "auto",
     leaf_modules: Iterable[Type[nn.Module]] = (),
     concrete_args: Optional[Dict[str, Any]] = None,
     progress: bool = False,
@@ -39,6 +40,9 @@ def convert(
         channelwise: one normalization scale per channel instead of per layer.
         v_init: initial membrane potential as a fraction of the threshold.
         fold_scales: fold normalization scales into weights where possible.
+        maxpool: how max pooling of spike trains converts: ``'auto'`` (default),
+            ``'cumulative'``, ``'gate'``, ``'current'`` or ``'spikes'`` (see
+            ``ann2snn.converter_passes.convert_maxpool`` and docs/architectures.md).
         leaf_modules: module types to keep opaque when tracing.
         concrete_args: fixed arguments for tracing (see ``torch.fx.symbolic_trace``).
         progress: show progress bars.
@@ -54,9 +58,11 @@ def convert(
         >>> snn = ann2snn.convert(model, mode="99.9%", calib_data=loader)  # doctest: +SKIP
         >>> out = snn(images, timesteps=32)  # doctest: +SKIP
     """
+    from ann2snn.converter_passes.convert_maxpool import check_maxpool_method
     from ann2snn.converter_passes.pipeline import ConversionContext, run_pipeline
 
     norm = parse_mode(mode)
+    check_maxpool_method(maxpool)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if calib_data is None:
@@ -79,6 +85,7 @@ def convert(
         fold_scales=fold_scales,
         progress=progress,
         device=device,
+        maxpool=maxpool,
     )
     with torch.no_grad():
         gm = run_pipeline(gm, ctx)
@@ -86,6 +93,7 @@ def convert(
         "mode": norm.text,
         "channelwise": channelwise,
         "v_init": v_init,
+        "maxpool": maxpool,
         "fold_scales": fold_scales,
         "input_shape": list(example.shape[1:]),
         "model_class": type(model).__name__,

@@ -140,6 +140,9 @@ class RepeatInTime(nn.Module):
         super().__init__()
         self.steps = 1
 
+    def reset(self) -> None:
+        """Stateless: nothing to forget (a :class:`ann2snn.temporal.TemporalModule`)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rep = x.unsqueeze(0).expand((self.steps,) + tuple(x.shape))
         return rep.reshape((-1,) + tuple(x.shape[1:]))

@@ -7,7 +7,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-from .neuron import IFNeuron, RepeatInTime
+from .neuron import IFNeuron
+from .temporal import TemporalModule
 
 # Activation memory one chunk of time may take (elements of the largest activation tensor).
 CHUNK_ELEMENT_BUDGET = 64 * 2**20
@@ -44,14 +45,14 @@ class SpikingModel(nn.Module):
         return [(n, m) for n, m in self.graph_module.named_modules() if isinstance(m, IFNeuron)]
 
     def reset(self) -> None:
-        """Reset every membrane potential (done automatically by each simulation)."""
+        """Reset all state carried over time (done automatically by each simulation)."""
         for m in self.graph_module.modules():
-            if isinstance(m, IFNeuron):
+            if isinstance(m, TemporalModule):
                 m.reset()
 
     def _set_steps(self, steps: int) -> None:
         for m in self.graph_module.time_loop.modules():
-            if isinstance(m, (IFNeuron, RepeatInTime)):
+            if isinstance(m, TemporalModule):
                 m.steps = steps
 
     def chunk_steps(self, batch: int, timesteps: int) -> int:

@@ -73,17 +73,83 @@ def trace(
     return fx.GraphModule(tracer.root, graph, name)
 
 
+def failing_submodule(model: nn.Module, exc: BaseException) -> Tuple[str, Optional[nn.Module]]:
+    """The innermost module of ``model`` whose code was running when tracing raised ``exc``.
+
+    Returns:
+        ``(qualified name, module)``; ``("", model)`` for the model's own ``forward``, and
+        ``("", None)`` when no frame of the traceback belongs to a module of ``model``.
+    """
+    names = {id(m): name for name, m in model.named_modules()}
+    found: Tuple[str, Optional[nn.Module]] = ("", None)
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = (names[id(owner)], owner)
+        tb = tb.tb_next
+    return found
+
+
+def _failing_user_line(exc: BaseException) -> str:
+    """``file:line: code`` of the innermost traceback frame in user code."""
+    import linecache
+
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not _is_library_file(code.co_filename):
+            text = linecache.getline(code.co_filename, tb.tb_lineno).strip()
+            where = f"{code.co_filename}:{tb.tb_lineno}" + (f": {text}" if text else "")
+        tb = tb.tb_next
+    return where
+
+
 def _trace_failure_message(model: nn.Module, exc: Exception) -> str:
-    return (
-        f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}\n"
+    name, block = failing_submodule(model, exc)
+    where = _failing_user_line(exc)
+    lines = [f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}"]
+    if block is not None and name:
+        cls = type(block)
+        lines.append(
+            f"It failed inside submodule {name!r} ({cls.__module__}.{cls.__qualname__})"
+            + (f", at {where}" if where else "")
+            + "."
+        )
+    elif block is not None:
+        lines.append(
+            f"It failed in {type(model).__name__}.forward"
+            + (f", at {where}" if where else "")
+            + "."
+        )
+    elif where:
+        lines.append(f"It failed at {where}.")
+    lines.append(
         "Symbolic tracing runs forward() with proxies instead of tensors, so Python control "
-        "flow that depends on tensor values or shapes (an `if` on x.size(), a loop over "
-        "x.shape[0], asserts on shapes) cannot be recorded. Fixes: (1) pass "
-        "`leaf_modules=(TheBlockClass,)` to keep that block as one opaque module (it is then "
-        "refused unless it is a supported layer), (2) pass `concrete_args={'arg': value}` to "
-        "fix the arguments that steer control flow, or (3) rewrite the shape logic with "
-        "tensor ops (e.g. torch.flatten(x, 1) instead of x.view(x.size(0), -1) under an if)."
+        "flow that depends on tensor values or shapes (an `if` on x.size(), int(x.shape[1]), a "
+        "loop over x.shape[0], asserts on shapes) cannot be recorded."
     )
+    if block is not None and name:
+        leaf = (
+            f"pass `leaf_modules=({type(block).__qualname__},)` to keep {name!r} as one opaque "
+            "module (conversion then refuses it unless it is a supported layer, so this helps "
+            "only for blocks that ann2snn converts as a whole)"
+        )
+    else:
+        leaf = (
+            "pass `leaf_modules=(TheBlockClass,)` to keep the offending block as one opaque "
+            "module (it is then refused unless it is a supported layer)"
+        )
+    fixes = [
+        leaf,
+        "pass `concrete_args={'arg': value}` to fix arguments of forward() that steer "
+        "control flow (as in torch.fx.symbolic_trace)",
+        "rewrite that logic with tensor ops that do not branch (e.g. torch.flatten(x, 1) "
+        "instead of x.view(x.size(0), -1) under an `if`, or compute the sizes in __init__)",
+    ]
+    lines.append("Fixes: " + "; ".join(f"({i}) {f}" for i, f in enumerate(fixes, 1)) + ".")
+    return "\n".join(lines)
 
 
 def _frames(stack_trace: str) -> List[Tuple[str, str, str]]:

@@ -1,6 +1,9 @@
-"""Rewrite every ReLU-family call as one ``Activation`` module; remove Dropout and Identity."""
+"""Rewrite every ReLU-family call as one ``Activation`` module; remove Dropout, Identity and
+eval-mode stochastic depth."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +48,29 @@ def _clip_of(gm: fx.GraphModule, node: fx.Node):
     return False, None, False
 
 
+def _stochastic_depth():
+    """torchvision's stochastic depth (module, function), or Nones when it is not imported
+    (then no model can contain it)."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    if module is None:
+        return None, None
+    return module.StochasticDepth, module.stochastic_depth
+
+
 def _is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Ops that are the identity in eval mode: Dropout, Identity, stochastic depth."""
+    depth_module, depth_function = _stochastic_depth()
     if node.op == "call_module":
-        return type(gm.get_submodule(str(node.target))) in _DROPOUT_MODULES + (nn.Identity,)
-    return node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS
+        mod = gm.get_submodule(str(node.target))
+        if depth_module is not None and type(mod) is depth_module:
+            return not mod.training
+        return type(mod) in _DROPOUT_MODULES + (nn.Identity,)
+    if node.op != "call_function":
+        return False
+    if depth_function is not None and node.target is depth_function:
+        training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+        return training is False
+    return node.target in _DROPOUT_FUNCTIONS
 
 
 def _used_once(gm: fx.GraphModule, target: str) -> bool:
@@ -65,6 +87,8 @@ def _redirect_later_uses(gm: fx.GraphModule, src: fx.Node, new: fx.Node) -> None
 
 def canonicalize_activations(gm: fx.GraphModule) -> fx.GraphModule:
     """Make every ReLU-family activation an :class:`Activation` module; drop Dropout/Identity.
+
+    Dropout, Identity and torchvision's stochastic depth (in eval mode) are removed.
 
     ``F.relu``, ``torch.relu``, ``relu_``, ``x.relu()``, in-place and out-of-place
     ``nn.ReLU``, ``ReLU6`` and ``Hardtanh(0, a)`` all become ``Activation(clip)`` call_module

@@ -13,6 +13,7 @@ Kinds:
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -20,9 +21,31 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ann2snn.affine import ChannelAffine
 from ann2snn.neuron import Activation, IFNeuron, RepeatInTime, Scale
+from ann2snn.pooling import AMax, GatedMaxPool, SpikingMaxPool
 
 Check = Callable[[fx.GraphModule, fx.Node], Optional[str]]
+
+_SHAPE_ARITHMETIC = (
+    operator.getitem,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.floordiv,
+    operator.truediv,
+    operator.mod,
+    operator.neg,
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.not_,
+    operator.and_,
+    operator.or_,
+)
 
 
 @dataclass(frozen=True)
@@ -53,10 +76,14 @@ def register_op(op: str, *targets: Any, kind: str, check: Optional[Check] = None
 def rule_for(gm: fx.GraphModule, node: fx.Node) -> Optional[OpRule]:
     """The registered rule for ``node``, or None if the op is not supported."""
     if node.op == "call_module":
-        return _RULES.get(("call_module", type(gm.get_submodule(str(node.target)))))
-    if node.op in ("call_function", "call_method"):
-        return _RULES.get((node.op, node.target))
-    return None
+        key: Tuple[str, Any] = ("call_module", type(gm.get_submodule(str(node.target))))
+    elif node.op in ("call_function", "call_method"):
+        key = (node.op, node.target)
+    else:
+        return None
+    if key not in _RULES:
+        _register_optional_torchvision()
+    return _RULES.get(key)
 
 
 def kind_of(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
@@ -77,8 +104,36 @@ def depends_on_input(node: Any) -> bool:
     return cache["input"]
 
 
+_SHAPE_SOURCES = ("size", "dim", "numel")
+
+
+def is_shape_value(node: Any) -> bool:
+    """True when ``node`` computes a shape, size or other Python number, not a tensor.
+
+    Uses the type recorded by shape propagation when present, else follows the node back
+    to ``x.size()`` / ``x.shape`` / ``x.dim()`` through arithmetic and indexing.
+    """
+    if not isinstance(node, fx.Node):
+        return False
+    recorded = node.meta.get("type")
+    if recorded is not None:
+        return not issubclass(recorded, torch.Tensor) and recorded is not tuple
+    cache = node.meta.setdefault("_ann2snn_dep", {})
+    if "shape" not in cache:
+        if node.op == "call_method" and node.target in _SHAPE_SOURCES:
+            cache["shape"] = True
+        elif node.op == "call_function" and node.target is getattr:
+            cache["shape"] = len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+        elif node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
+            inputs = node.all_input_nodes
+            cache["shape"] = bool(inputs) and all(is_shape_value(a) for a in inputs)
+        else:
+            cache["shape"] = False
+    return cache["shape"]
+
+
 def _is_tensor_node(arg: Any) -> bool:
-    if not isinstance(arg, fx.Node):
+    if not isinstance(arg, fx.Node) or is_shape_value(arg):
         return False
     meta = arg.meta.get("tensor_meta")
     if meta is None:
@@ -121,6 +176,36 @@ def _shape_getattr(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return f"reads attribute {node.args[1:]!r} of a tensor"
 
 
+def _shape_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    tensors = [a for a in node.all_input_nodes if _is_tensor_node(a) and depends_on_input(a)]
+    if tensors:
+        return "compares or asserts on tensor values (only shapes and sizes can be checked)"
+    return None
+
+
+def _running_statistics(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    bn = gm.get_submodule(str(node.target))
+    if bn.running_mean is None or bn.running_var is None:
+        return (
+            "BatchNorm without running statistics (track_running_stats=False) normalizes "
+            "with the statistics of each batch, which is not a fixed linear map"
+        )
+    return None
+
+
+def _identity_in_eval(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+    if training is not False:
+        return "stochastic depth in training mode (call model.eval() before converting)"
+    return None
+
+
+def _values_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    if getattr(gm.get_submodule(str(node.target)), "return_indices", False):
+        return "max pooling that also returns the indices of the maxima (return_indices=True)"
+    return None
+
+
 def _average_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     dtype = node.kwargs.get("dtype")
     return None if dtype is None else "mean with a dtype argument"
@@ -138,6 +223,12 @@ register_op(
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
+    kind="linear",
+    check=_running_statistics,
+)
+register_op(
+    "call_module",
+    ChannelAffine,
     nn.AvgPool1d,
     nn.AvgPool2d,
     nn.AvgPool3d,
@@ -157,19 +248,36 @@ register_op(
     Scale,
     kind="linear",
 )
-register_op("call_module", nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, kind="maxpool")
-register_op("call_module", nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, kind="maxpool")
+register_op(
+    "call_module",
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    kind="maxpool",
+    check=_values_only,
+)
+register_op("call_module", AMax, kind="maxpool")
 register_op(
     "call_function",
     F.max_pool1d,
     F.max_pool2d,
     F.max_pool3d,
+    torch.max_pool1d,
+    torch.max_pool2d,
+    torch.max_pool3d,
     F.adaptive_max_pool1d,
     F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
     torch.amax,
     kind="maxpool",
 )
-register_op("call_module", IFNeuron, RepeatInTime, kind="spiking")
+register_op("call_method", "amax", kind="maxpool")
+register_op(
+    "call_module", IFNeuron, RepeatInTime, SpikingMaxPool, GatedMaxPool, kind="spiking"
+)
 register_op(
     "call_function",
     operator.add,
@@ -237,6 +345,7 @@ register_op(
     "chunk",
     "split",
     "sum",
+    "expand",
     "expand_as",
     "view_as",
     "reshape_as",
@@ -245,7 +354,42 @@ register_op(
     "detach",
     kind="linear",
 )
-register_op("call_method", "size", "dim", kind="shape")
+register_op("call_method", "size", "dim", "numel", kind="shape")
 register_op("call_function", operator.getitem, kind="shape")
 register_op("call_function", getattr, kind="shape", check=_shape_getattr)
 register_op("call_function", operator.floordiv, kind="shape")
+# Shape checks (``torch._assert(x.shape[2] == 224, ...)``) run on sizes, not on signals.
+register_op(
+    "call_function",
+    torch._assert,
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.not_,
+    operator.and_,
+    operator.or_,
+    kind="shape",
+    check=_shape_only,
+)
+
+
+_TORCHVISION_REGISTERED = []
+
+
+def _register_optional_torchvision() -> bool:
+    """Register torchvision's ops once torchvision is imported (importing it here would
+    slow down every ``import ann2snn``); return True when this call registered them.
+
+    Stochastic depth (ConvNeXt, EfficientNetV2, Swin) is the identity in eval mode;
+    canonicalize_activations removes it like Dropout.
+    """
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    if module is None or _TORCHVISION_REGISTERED:
+        return False
+    _TORCHVISION_REGISTERED.append(True)
+    register_op("call_module", module.StochasticDepth, kind="linear")
+    register_op("call_function", module.stochastic_depth, kind="linear", check=_identity_in_eval)
+    return True

@@ -14,6 +14,8 @@ from ann2snn.modes import NormMode
 
 from .canonicalize_activations import canonicalize_activations
 from .check_supported import check_supported
+from .convert_maxpool import DEFAULT_MAXPOOL, convert_maxpool, pool_before_neurons
+from .fold_affine_batchnorm import fold_affine_batchnorm
 from .fold_batchnorm import fold_batchnorm
 from .hoist_static_prefix import hoist_static_prefix
 from .insert_observers import insert_observers
@@ -34,6 +36,7 @@ class ConversionContext:
     fold_scales: bool = True
     progress: bool = False
     device: Optional[torch.device] = None
+    maxpool: str = DEFAULT_MAXPOOL
     extras: dict = field(default_factory=dict)
 
 
@@ -55,6 +58,8 @@ PIPELINE: Tuple[Stage, ...] = (
     Stage("propagate_shapes", _propagate),
     Stage("check_supported", lambda gm, ctx: check_supported(gm)),
     Stage("fold_batchnorm", lambda gm, ctx: fold_batchnorm(gm)),
+    Stage("fold_affine_batchnorm", lambda gm, ctx: fold_affine_batchnorm(gm)),
+    Stage("pool_before_neurons", lambda gm, ctx: pool_before_neurons(gm, ctx.maxpool)),
     Stage(
         "insert_observers",
         lambda gm, ctx: insert_observers(
@@ -72,6 +77,7 @@ PIPELINE: Tuple[Stage, ...] = (
         lambda gm, ctx: normalize_activations(gm, ctx.mode, fold=ctx.fold_scales),
     ),
     Stage("replace_relu_with_if", lambda gm, ctx: replace_relu_with_if(gm, v_init=ctx.v_init)),
+    Stage("convert_maxpool", lambda gm, ctx: convert_maxpool(gm, ctx.maxpool)),
     Stage("hoist_static_prefix", lambda gm, ctx: hoist_static_prefix(gm, ctx.example_input)),
 )
 

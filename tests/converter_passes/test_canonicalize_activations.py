@@ -82,3 +82,24 @@ def test_non_relu_activations_are_left_alone(act):
     gm = canonicalize_activations(trace(model))
     assert _count(gm, Activation) == 0
     assert type(gm.get_submodule("1")) is type(act)
+
+
+def test_eval_mode_stochastic_depth_is_removed_like_dropout():
+    from torchvision.ops import StochasticDepth, stochastic_depth
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.depth = StochasticDepth(0.2, "row")
+
+        def forward(self, x):
+            y = self.depth(F.relu(self.fc(x))) + x
+            return stochastic_depth(y, 0.1, "row", self.training)
+
+    model = Residual().eval()
+    x = torch.randn(3, 4)
+    gm = canonicalize_activations(trace(model))
+    targets = [n.target for n in gm.graph.nodes]
+    assert "depth" not in targets and stochastic_depth not in targets
+    torch.testing.assert_close(gm(x), model(x))

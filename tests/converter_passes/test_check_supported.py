@@ -60,3 +60,68 @@ def test_scaling_by_a_constant_is_allowed_but_not_by_a_signal():
 
     with pytest.raises(ConversionError, match="divides by a signal"):
         check_supported(canonicalize_activations(trace(Divided())))
+
+
+def _checked(model, x):
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = canonicalize_activations(trace(model.eval()))
+    ShapeProp(gm).propagate(x)
+    return check_supported(gm)
+
+
+def test_shape_checks_and_size_arithmetic_are_not_offenders():
+    class ShapeLogic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            torch._assert(h == w, "square images only")
+            y = F.relu(self.conv(x))
+            y = y.view(n, 2, 2, h * w).transpose(1, 2).reshape(y.size(0), -1)
+            return y * (1.0 / (h * w))
+
+    _checked(ShapeLogic(), torch.randn(2, 3, 4, 4))
+    # the same without recorded shapes (sizes are recognized by how they are computed)
+    check_supported(canonicalize_activations(trace(ShapeLogic().eval())))
+
+
+def test_comparing_signals_is_refused():
+    class Compare(nn.Module):
+        def forward(self, x):
+            return F.relu(x) * (x > 0)
+
+    with pytest.raises(ConversionError, match="gt"):
+        _checked(Compare(), torch.randn(2, 3))
+
+
+def test_batchnorm_with_batch_statistics_is_refused():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.BatchNorm1d(3, track_running_stats=False))
+    with pytest.raises(ConversionError, match="track_running_stats=False"):
+        _checked(model, torch.randn(4, 3))
+
+
+def test_non_relu_nonlinearities_are_all_named_in_one_error():
+    class Zoo(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.leaky, self.gelu, self.silu = nn.LeakyReLU(), nn.GELU(), nn.SiLU()
+            self.hswish, self.sigmoid = nn.Hardswish(), nn.Sigmoid()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            y = self.leaky(self.fc(x)) + self.gelu(x) + self.silu(x) + self.hswish(x)
+            y = y * self.sigmoid(x)  # gating: a product of two signals
+            a, _ = self.attn(y.unsqueeze(1), y.unsqueeze(1), y.unsqueeze(1))
+            return F.relu(a.squeeze(1)) + torch.tanh(x)
+
+    with pytest.raises(ConversionError) as err:
+        _checked(Zoo(), torch.randn(2, 8))
+    msg = str(err.value)
+    for name in ("'leaky'", "'gelu'", "'silu'", "'hswish'", "'sigmoid'", "'attn'", "tanh"):
+        assert name in msg
+    assert "multiplies two signals" in msg
+    assert msg.startswith("8 operation(s)")  # 6 modules, the product, tanh; not getitem
