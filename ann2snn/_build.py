@@ -30,7 +30,7 @@ from typing import Iterator, Optional
 import torch
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
-CPU_SOURCES = (CSRC_DIR / "if_neuron.cpp",)
+CPU_SOURCES = (CSRC_DIR / "if_neuron.cpp", CSRC_DIR / "spiking_pool.cpp")
 CUDA_SOURCES = (CSRC_DIR / "if_neuron_cuda.cu",)
 BACKEND_ENV = "ANN2SNN_BACKEND"
 BUILD_DIR_ENV = "ANN2SNN_BUILD_DIR"
@@ -148,9 +148,18 @@ def cuda_library_include_dirs(cuda_home: str) -> list[str]:
 
 
 def _library_name(with_cuda: bool) -> str:
-    # The torch version is part of the name so that a cache never serves a library built
-    # against another torch (and CPU-only / CUDA builds never overwrite each other).
-    tag = hashlib.sha1(torch.__version__.encode()).hexdigest()[:8]
+    # One cache entry per torch installation and compiler: two virtual environments (or
+    # compilers) sharing the default cache folder would otherwise rebuild it in turn, and
+    # could load a library built against another torch.
+    key = "|".join(
+        [
+            torch.__version__,
+            str(Path(torch.__file__).resolve().parent),
+            os.environ.get("CXX", "c++"),
+            " ".join(_cpu_flags()[0]),
+        ]
+    )
+    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     return f"ann2snn_if_neuron_{'cuda' if with_cuda else 'cpu'}_{tag}"
 
 

@@ -23,7 +23,7 @@ per device; those kernels are bit-identical to the reference.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -33,6 +33,8 @@ from ann2snn import _build
 __all__ = [
     "backend_info",
     "compiled_cpu_available",
+    "cumulative_max_pool2d",
+    "cumulative_max_pool2d_reference",
     "if_multistep",
     "if_multistep_reference",
 ]
@@ -43,6 +45,10 @@ _OP = "ann2snn::if_multistep"
 # Kept at module level: the registrations live as long as this object does.
 _lib = torch.library.Library("ann2snn", "DEF")
 _lib.define("if_multistep(Tensor x, Tensor v, Tensor threshold) -> (Tensor, Tensor)")
+_lib.define(
+    "cumulative_max_pool2d(Tensor x, Tensor total, Tensor last, int[2] kernel_size, "
+    "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> (Tensor, Tensor, Tensor)"
+)
 
 
 def _check_inputs(x: Tensor, v: Tensor, threshold: Tensor) -> None:
@@ -127,7 +133,132 @@ def _if_multistep_fake(x: Tensor, v: Tensor, threshold: Tensor) -> Tuple[Tensor,
 _lib.impl("if_multistep", if_multistep_reference, "CompositeExplicitAutograd")
 torch.library.register_fake(_OP, _if_multistep_fake, lib=_lib)
 
+
+_POOL_OP = "ann2snn::cumulative_max_pool2d"
+
+
+def _check_pool_inputs(x: Tensor, total: Tensor, last: Tensor, pooled_hw: Tuple[int, int]) -> None:
+    # Same checks as check_inputs in csrc/spiking_pool.cpp.
+    if x.dim() != 5:
+        raise ValueError(f"{_POOL_OP}: x must be [T, N, C, H, W], got shape {list(x.shape)}")
+    if not (x.dtype == total.dtype == last.dtype == torch.float32):
+        raise TypeError(
+            f"{_POOL_OP}: x, total and last must be float32, got {x.dtype}, {total.dtype}, "
+            f"{last.dtype}"
+        )
+    if not (x.device == total.device == last.device):
+        raise ValueError(f"{_POOL_OP}: x, total and last must be on the same device")
+    if total.shape != x.shape[1:]:
+        raise ValueError(
+            f"{_POOL_OP}: total must have shape x.shape[1:] = {list(x.shape[1:])}, "
+            f"got {list(total.shape)}"
+        )
+    want = [x.shape[1], x.shape[2], *pooled_hw]
+    if list(last.shape) != want:
+        raise ValueError(
+            f"{_POOL_OP}: last must have shape {want} (the pooled shape), got {list(last.shape)}"
+        )
+
+
+def _pooled_hw(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode) -> Tuple[int, int]:
+    if x.dim() != 5:
+        raise ValueError(f"{_POOL_OP}: x must be [T, N, C, H, W], got shape {list(x.shape)}")
+    meta = torch.empty((1, 1) + tuple(x.shape[3:]), device="meta")
+    out = torch.nn.functional.max_pool2d(meta, kernel_size, stride, padding, dilation, ceil_mode)
+    return int(out.shape[2]), int(out.shape[3])
+
+
+def cumulative_max_pool2d_reference(
+    x: Tensor,
+    total: Tensor,
+    last: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pure-torch reference of ``cumulative_max_pool2d``: a Python loop over time steps.
+
+    Per step ``t``, in float32: ``S = S + x[t]``; ``M = max_pool2d(S)``;
+    ``out[t] = M - P``; ``P = M``, starting from ``S = total`` and ``P = last``.
+
+    Args:
+        x: spike trains (or any inputs), ``[T, N, C, H, W]`` float32.
+        total: running input sums before the first step, ``[N, C, H, W]`` float32.
+        last: pooled running sums before the first step, ``[N, C, Ho, Wo]`` float32.
+        kernel_size, stride, padding, dilation, ceil_mode: as in ``F.max_pool2d``.
+
+    Returns:
+        ``(out, total_out, last_out)``: ``out`` ``[T, N, C, Ho, Wo]`` and the state after
+        the last step (new tensors), to feed into the next chunk of time.
+    """
+    _check_pool_inputs(
+        x, total, last, _pooled_hw(x, kernel_size, stride, padding, dilation, ceil_mode)
+    )
+    out = x.new_empty((x.shape[0],) + tuple(last.shape))
+    running = total.clone(memory_format=torch.contiguous_format)
+    previous = last.clone(memory_format=torch.contiguous_format)
+    for t in range(x.shape[0]):
+        running.add_(x[t])
+        pooled = torch.nn.functional.max_pool2d(
+            running, kernel_size, stride, padding, dilation, ceil_mode
+        )
+        torch.sub(pooled, previous, out=out[t])
+        previous = pooled
+    return out, running, previous.contiguous()
+
+
+def _cumulative_max_pool2d_fake(x, total, last, kernel_size, stride, padding, dilation, ceil_mode):
+    hw = _pooled_hw(x, kernel_size, stride, padding, dilation, ceil_mode)
+    _check_pool_inputs(x, total, last, hw)
+    return (
+        x.new_empty((x.shape[0],) + tuple(last.shape)),
+        total.new_empty(total.shape),
+        last.new_empty(last.shape),
+    )
+
+
+_lib.impl("cumulative_max_pool2d", cumulative_max_pool2d_reference, "CompositeExplicitAutograd")
+torch.library.register_fake(_POOL_OP, _cumulative_max_pool2d_fake, lib=_lib)
+
 _BUILD = _build.build_and_load()
+
+
+def cumulative_max_pool2d(
+    x: Tensor,
+    total: Tensor,
+    last: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+    ceil_mode: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Max pooling of running input sums, differenced over time
+    (``torch.ops.ann2snn.cumulative_max_pool2d``; see :class:`ann2snn.pooling.SpikingMaxPool`).
+
+    The compiled CPU kernel reads ``x`` once and writes the output once; elsewhere the
+    reference runs. Results are bit-identical either way.
+
+    Example:
+        >>> x = torch.tensor([[1., 0.], [0., 1.]]).reshape(2, 1, 1, 1, 2)
+        >>> out, total, last = cumulative_max_pool2d(
+        ...     x, torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 1), (1, 2), (1, 2))
+        >>> out.flatten().tolist(), total.flatten().tolist()
+        ([1.0, 0.0], [1.0, 1.0])
+    """
+    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]  # noqa: E731
+    return torch.ops.ann2snn.cumulative_max_pool2d(
+        x,
+        total,
+        last,
+        pair(kernel_size),
+        pair(stride),
+        pair(padding),
+        pair(dilation),
+        bool(ceil_mode),
+    )
 
 
 def if_multistep(x: Tensor, v: Tensor, threshold: Union[Tensor, float]) -> Tuple[Tensor, Tensor]:

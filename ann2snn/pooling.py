@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from . import ops
 from .tracing import register_leaf_module
 
 _INDEXED_POOLS = (
@@ -115,6 +116,8 @@ class SpikingMaxPool(_PoolState):
         self.last = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _has_fused_kernel(self.pool, x):
+            return self._forward_fused(x)
         per_step = self._per_step(x)
         steps, batch = per_step.shape[:2]
         fresh = self.total is None or self.total.shape != per_step.shape[1:]
@@ -127,6 +130,37 @@ class SpikingMaxPool(_PoolState):
         self.last = pooled[-1].clone()
         out = pooled - before
         return out.reshape((steps * batch,) + tuple(out.shape[2:]))
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same with ``torch.ops.ann2snn.cumulative_max_pool2d`` (one pass over ``x``)."""
+        per_step = self._per_step(x)
+        steps, batch = per_step.shape[:2]
+        p = self.pool
+        if self.total is None or self.total.shape != per_step.shape[1:] or self.last is None:
+            self.total = torch.zeros_like(per_step[0])
+            self.last = torch.zeros(
+                pool_output_shape(p, tuple(per_step.shape[1:])), device=x.device
+            )
+        out, self.total, self.last = ops.cumulative_max_pool2d(
+            per_step,
+            self.total,
+            self.last,
+            p.kernel_size,
+            p.stride or p.kernel_size,
+            p.padding,
+            p.dilation,
+            p.ceil_mode,
+        )
+        return out.reshape((steps * batch,) + tuple(out.shape[2:]))
+
+
+def _has_fused_kernel(pool: nn.Module, x: torch.Tensor) -> bool:
+    return (
+        type(pool) is nn.MaxPool2d
+        and not pool.return_indices
+        and x.dim() == 4
+        and x.dtype == torch.float32
+    )
 
 
 @register_leaf_module

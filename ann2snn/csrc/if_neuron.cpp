@@ -255,23 +255,6 @@ void if_multistep_cpu_impl(const scalar_t* x, int64_t time_stride, const float* 
   });
 }
 
-// Ask for transparent huge pages for a large, not yet touched output: with 4 KiB pages
-// the first-touch page faults of a fresh 200 MB output cost several times the kernel
-// (measured: 140 ms vs 25 ms for a fresh 205 MB copy), with 2 MiB pages a fraction.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
-  const auto begin = reinterpret_cast<std::uintptr_t>(t.data_ptr());
-  const std::uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const std::uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (last > first) {
-    // Only a hint: failure (THP disabled) changes nothing.
-    (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#else
-  (void)t;
-#endif
-}
 
 std::tuple<at::Tensor, at::Tensor> if_multistep_cpu(const at::Tensor& x, const at::Tensor& v,
                                                     const at::Tensor& threshold) {
