@@ -42,3 +42,18 @@ def test_evaluate_converts_an_ann_on_the_fly_and_checks_timesteps():
     assert curve.accuracy[256] >= 97.0
     with pytest.raises(ValueError, match="positive integers"):
         ann2snn.evaluate(model, data, timesteps=[0, 4], mode="max")
+
+
+def test_written_files_get_the_umask_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+
+    from ann2snn.evaluate import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(str(tmp_path / "curve.csv"), b"T,accuracy\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "curve.csv").read_bytes() == b"T,accuracy\n"
+    assert (tmp_path / "curve.csv").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["curve.csv"]  # no temporary file left
