@@ -20,10 +20,15 @@ def convert(
     calib_data: Optional[Iterable[Any]] = None,
     *,
     calib_batches: Optional[int] = None,
-    channelwise: bool = False,
+    channelwise: bool = True,
     v_init: float = 0.5,
     fold_scales: bool = True,
     maxpool: str = "auto",
+    target_timesteps: int = 4,
+    threshold_search: bool = False,
+    potential_calibration: bool = True,
+    sweep_samples: int = 512,
+    readout: str = "membrane",
     leaf_modules: Iterable[Type[nn.Module]] = (),
     concrete_args: Optional[Dict[str, Any]] = None,
     progress: bool = False,
@@ -43,6 +48,18 @@ def convert(
         maxpool: how max pooling of spike trains converts: ``'auto'`` (default),
             ``'cumulative'``, ``'gate'``, ``'current'`` or ``'spikes'`` (see
             ``ann2snn.converter_passes.convert_maxpool`` and docs/architectures.md).
+        target_timesteps: the number of time steps T that ``threshold_search`` and
+            ``potential_calibration`` tune the network for (the SNN still runs at any T).
+        threshold_search: per layer (per channel with ``channelwise``), scale the
+            threshold by the factor whose firing rate best matches the ANN after
+            ``target_timesteps`` steps, layer after layer on the calibration data.
+        potential_calibration: per channel, choose the initial membrane potential the
+            same way (its effect fades as ``1/T``, so long runs still converge).
+        sweep_samples: calibration images simulated by ``threshold_search`` and
+            ``potential_calibration`` (the first ones of ``calib_data``).
+        readout: ``'membrane'``: the output layer integrates its input current (exact,
+            keeps negative values); ``'spikes'``: the output layer spikes and the spike
+            count is read (for comparison; see docs/accuracy.md).
         leaf_modules: module types to keep opaque when tracing.
         concrete_args: fixed arguments for tracing (see ``torch.fx.symbolic_trace``).
         progress: show progress bars.
@@ -63,6 +80,7 @@ def convert(
 
     norm = parse_mode(mode)
     check_maxpool_method(maxpool)
+    _check_calibration_options(target_timesteps, sweep_samples, readout)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if calib_data is None:
@@ -86,6 +104,11 @@ def convert(
         progress=progress,
         device=device,
         maxpool=maxpool,
+        target_timesteps=target_timesteps,
+        threshold_search=threshold_search,
+        potential_calibration=potential_calibration,
+        sweep_samples=sweep_samples,
+        readout=readout,
     )
     with torch.no_grad():
         gm = run_pipeline(gm, ctx)
@@ -93,12 +116,28 @@ def convert(
         "mode": norm.text,
         "channelwise": channelwise,
         "v_init": v_init,
-        "maxpool": maxpool,
         "fold_scales": fold_scales,
+        "maxpool": maxpool,
+        "target_timesteps": target_timesteps,
+        "threshold_search": threshold_search,
+        "potential_calibration": potential_calibration,
+        "sweep_samples": sweep_samples,
+        "readout": readout,
         "input_shape": list(example.shape[1:]),
         "model_class": type(model).__name__,
     }
     return SpikingModel(gm, ann=ann, meta=meta)
+
+
+def _check_calibration_options(target_timesteps: Any, sweep_samples: Any, readout: Any) -> None:
+    for name, value in (("target_timesteps", target_timesteps), ("sweep_samples", sweep_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if readout not in ("membrane", "spikes"):
+        raise ValueError(
+            f"invalid readout {readout!r}; use 'membrane' (the output layer integrates its "
+            "input current) or 'spikes' (the output layer spikes and spikes are counted)"
+        )
 
 
 def _example_input(calib_data: Iterable[Any]) -> torch.Tensor:

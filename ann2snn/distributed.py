@@ -304,17 +304,20 @@ def _describe(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def failure_check(what: str) -> Iterator[None]:
-    """Run a data pass; afterwards every rank learns whether it failed on any rank.
+    """Run a step that every rank runs; afterwards every rank learns whether it failed anywhere.
 
     A collective: every rank must enter it. In one process it does nothing. When the body
     raises on some ranks, every rank raises :class:`DistributedError` naming each failing
-    rank and its message, so rank 0 reports the cause and no rank waits forever.
+    rank and its message, so rank 0 reports the cause and no rank waits forever. When it
+    raised the same error on every rank (a deterministic problem such as an unsupported
+    layer), each rank re-raises its own error unchanged. A :class:`DistributedError` from
+    the body (a nested check, or a broken connection) passes through without a collective.
 
     Args:
-        what: the pass, for the message (e.g. ``"calibration"``).
+        what: the step, for the message (e.g. ``"calibration"``).
 
     Raises:
-        DistributedError: when the body raised on any rank.
+        DistributedError: when the body raised on some ranks.
     """
     if not is_distributed():
         yield
@@ -322,6 +325,8 @@ def failure_check(what: str) -> Iterator[None]:
     error: Optional[BaseException] = None
     try:
         yield
+    except DistributedError:
+        raise  # every rank already raised it, or the group is broken
     except Exception as exc:  # reported to every rank below, then re-raised as one error
         error = exc
     report = None if error is None else _describe(error)
@@ -335,6 +340,8 @@ def failure_check(what: str) -> Iterator[None]:
             ) from error
         raise
     failed = [(r, m) for r, m in enumerate(reports) if m is not None]
+    if error is not None and len(failed) == len(reports) and len(set(reports)) == 1:
+        raise error  # the same failure on every rank: its own message says it all
     if failed:
         ranks = ", ".join(str(r) for r, _ in failed)
         details = "\n".join(f"  rank {r}: {m}" for r, m in failed)

@@ -78,7 +78,9 @@ class IFNeuron(nn.Module):
 
     Args:
         threshold: firing threshold, a scalar or one value per channel (dim 1).
-        v_init: initial membrane potential as a fraction of the threshold.
+        v_init: initial membrane potential as a fraction of the threshold. A per-channel
+            calibration (``converter_passes/calibrate_potentials.py``) sets
+            :attr:`v_init_channels`, one fraction per channel, which then takes precedence.
     """
 
     def __init__(self, threshold: Union[Number, torch.Tensor] = 1.0, v_init: float = 0.5) -> None:
@@ -88,6 +90,7 @@ class IFNeuron(nn.Module):
             raise ValueError("IFNeuron thresholds must be positive")
         self.register_buffer("threshold", thr)
         self.v_init = float(v_init)
+        self.register_buffer("v_init_channels", None)  # per-channel fractions, or None
         self.register_buffer("scale", None)  # normalization scale in ANN units (diagnostics)
         self.steps = 1
         self.static_input = False  # input is the same every step: [B, ...] instead of [T*B, ...]
@@ -117,19 +120,25 @@ class IFNeuron(nn.Module):
             currents = x.reshape((steps, x.shape[0] // steps) + tuple(x.shape[1:]))
         per_step = currents.shape[1:]
         if self.v is None or tuple(self.v.shape) != tuple(per_step):
-            thr = self.threshold.to(x.device)
-            self.v = (self.v_init * _channel_view(thr, currents[0])).expand(per_step).float()
-            self.v = self.v.contiguous()
+            self.v = self.initial_potential(currents[0]).expand(per_step).float().contiguous()
         spikes, self.v = ops.if_multistep(currents, self.v, self.threshold.to(x.device))
         if self.monitor:
             self.spike_count += float(spikes.sum())
             self.neuron_steps += spikes.numel()
         return spikes.reshape((-1,) + tuple(per_step[1:]))
 
+    def initial_potential(self, like: torch.Tensor) -> torch.Tensor:
+        """The membrane potential at the first step, broadcastable to ``like`` ``[B, C, ...]``."""
+        thr = _channel_view(self.threshold.to(like.device), like)
+        if self.v_init_channels is None:
+            return self.v_init * thr
+        return _channel_view(self.v_init_channels.to(like.device), like) * thr
+
     def extra_repr(self) -> str:
         thr = self.threshold
         t = f"{thr.item():.4g}" if thr.numel() == 1 else f"per-channel[{thr.numel()}]"
-        return f"threshold={t}, v_init={self.v_init}"
+        v = self.v_init if self.v_init_channels is None else "per-channel"
+        return f"threshold={t}, v_init={v}"
 
 
 @register_leaf_module

@@ -62,7 +62,9 @@ def _default_text(name: str) -> str:
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str) -> None:
-    """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init / --no-fold.
+    """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init /
+    --maxpool / --target-timesteps / --[no-]potential-calibration / --[no-]threshold-search /
+    --readout / --no-fold.
 
     Options left out take ``ann2snn.convert``'s defaults, so the command converts exactly
     as the Python API does.
@@ -120,6 +122,42 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
             help=f"how max pooling converts (default: {_default_text('maxpool')}): "
             + "; ".join(f"{k}: {v}" for k, v in methods.items()),
         )
+    g.add_argument(
+        "--target-timesteps",
+        type=_positive_int,
+        metavar="T",
+        help="the number of time steps potential calibration and threshold search tune the "
+        f"network for (default: {_default_text('target_timesteps')}; the SNN still runs at "
+        "any T)",
+    )
+    for name, what in (
+        ("potential-calibration", "per-channel initial membrane potentials fitted on data"),
+        ("threshold-search", "per-layer threshold factors searched on data"),
+    ):
+        dest = name.replace("-", "_")
+        on = api_default(dest) is True
+        flags = g.add_mutually_exclusive_group()
+        flags.add_argument(
+            f"--{name}",
+            dest=dest,
+            action="store_const",
+            const=True,
+            help=what + (" (the default)" if on else ""),
+        )
+        flags.add_argument(
+            f"--no-{name}",
+            dest=dest,
+            action="store_const",
+            const=False,
+            help=f"no {name.replace('-', ' ')}" + ("" if on else " (the default)"),
+        )
+    g.add_argument(
+        "--readout",
+        choices=("membrane", "spikes"),
+        default=None,
+        help="output layer: integrate its input current ('membrane') or spike and count "
+        f"spikes ('spikes') (default: {_default_text('readout')})",
+    )
     g.add_argument(
         "--no-fold",
         dest="fold_scales",
@@ -449,7 +487,17 @@ def describe_source(source: Dict[str, Any]) -> str:
 
 def conversion_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The ``ann2snn.convert`` options given on the command line (others keep the defaults)."""
-    names = ("mode", "channelwise", "v_init", "fold_scales", "maxpool")
+    names = (
+        "mode",
+        "channelwise",
+        "v_init",
+        "fold_scales",
+        "maxpool",
+        "target_timesteps",
+        "potential_calibration",
+        "threshold_search",
+        "readout",
+    )
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -565,6 +613,18 @@ def format_options(meta: Dict[str, Any]) -> str:
         parts.append("scales not folded")
     if meta.get("maxpool") not in (None, "auto"):
         parts.append(f"max pooling {meta['maxpool']}")
+    tuned = [
+        what
+        for key, what in (
+            ("potential_calibration", "potential calibration"),
+            ("threshold_search", "threshold search"),
+        )
+        if meta.get(key)
+    ]
+    if tuned:
+        parts.append(" + ".join(tuned) + f" for T={meta.get('target_timesteps')}")
+    if meta.get("readout") == "spikes":
+        parts.append("spike-count readout")
     return ", ".join(parts)
 
 

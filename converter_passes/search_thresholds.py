@@ -1,0 +1,214 @@
+"""Threshold search: per IF layer (or channel), the threshold that minimizes the SNN's error
+at a target number of time steps.
+
+A percentile threshold is a guess made on ANN statistics alone. In the SNN, a lower
+threshold clips more but quantizes finer (one spike is worth less), a higher one the
+opposite, and the best trade-off depends on T: at T=4 a neuron can only output 0, 1/4 ...
+1 of its threshold, so clipping the rare large activations pays off. This pass walks the IF
+layers in graph order (:class:`~.layer_sweep.LayerSweep`), simulates each on the spike
+trains of its already-tuned predecessors for T steps, and scales its threshold by the
+candidate factor whose firing rate best matches the ANN's activation (least squares over
+the calibration images). The factor is folded into the consuming layers' weights, so the
+network computes the same function as before up to clipping.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx, nn
+
+from ann2snn.neuron import IFNeuron, Scale
+from ann2snn.tracing import add_submodule, finish, is_module
+
+from .layer_sweep import LayerData, LayerSweep
+from .normalize_activations import (
+    _WEIGHTED,
+    _flattened_factor,
+    _is_flatten,
+    _module_used_once,
+    _output_dims,
+    _per_channel_ops,
+    scale_input_channels,
+)
+
+#: Threshold factors tried, relative to the normalization scale (e.g. the 99.9th percentile).
+DEFAULT_THRESHOLD_CANDIDATES: Tuple[float, ...] = (
+    0.35,
+    0.45,
+    0.55,
+    0.65,
+    0.75,
+    0.85,
+    1.0,
+    1.15,
+    1.3,
+)
+
+DEFAULT_LONG_RUN_WEIGHT = 1.0
+
+
+def check_candidates(candidates: Sequence[float], what: str) -> Tuple[float, ...]:
+    """Validate a list of candidate values (positive numbers).
+
+    Raises:
+        ValueError: for an empty list or a non-positive or non-numeric entry.
+    """
+    try:
+        values = tuple(float(c) for c in candidates)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be a sequence of numbers, got {candidates!r}") from exc
+    if not values or any(not v > 0 or v != v for v in values):
+        raise ValueError(f"{what} must be a non-empty sequence of positive numbers: {values}")
+    return values
+
+
+def best_candidate(errors: torch.Tensor, candidates: torch.Tensor, prefer: float) -> torch.Tensor:
+    """Per column, the candidate with the least error; ties go to the one nearest ``prefer``.
+
+    Args:
+        errors: ``[K, C]`` summed squared errors of K candidates for C channels.
+        candidates: ``[K]`` the candidate values.
+        prefer: the value that wins ties (the uncalibrated default).
+
+    Returns:
+        ``[C]`` chosen values.
+    """
+    order = torch.argsort((candidates.double() - prefer).abs(), stable=True)
+    pick = errors[order].argmin(0)  # argmin returns the first minimum: the nearest wins
+    return candidates[order][pick]
+
+
+class ThresholdSearch:
+    """Per layer (or per channel), scale the threshold by the candidate with least error.
+
+    Args:
+        candidates: factors tried, relative to the current threshold.
+        per_channel: one factor per channel (else one per layer).
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[float] = DEFAULT_THRESHOLD_CANDIDATES,
+        per_channel: bool = True,
+    ) -> None:
+        self.candidates = torch.tensor(check_candidates(candidates, "threshold candidates"))
+        self.per_channel = per_channel
+        self.long_run_weight = DEFAULT_LONG_RUN_WEIGHT
+        self.chosen: dict = {}
+
+    def calibrate(self, gm: fx.GraphModule, node: fx.Node, layer: LayerData) -> None:
+        threshold, gain, v_init = layer.threshold(), layer.gain(), layer.v_init()
+        errors = torch.stack(
+            [
+                layer.squared_errors(threshold * f, v_init, gain * f)
+                + self.long_run_weight * layer.clipping_errors(gain * f)
+                for f in self.candidates
+            ]
+        )
+        if not self.per_channel:
+            errors = errors.sum(1, keepdim=True)
+        factor = best_candidate(errors, self.candidates.double(), 1.0).float()
+        factor = factor.expand(layer.channels).clone() if self.per_channel else factor
+        self.chosen[node.name] = factor
+        scale_neuron_output(gm, node, factor)
+
+
+def scale_neuron_output(gm: fx.GraphModule, node: fx.Node, factor: torch.Tensor) -> None:
+    """Make each spike of the IF neuron at ``node`` worth ``factor`` times more.
+
+    The threshold is multiplied by ``factor`` (one value or one per channel) and so are the
+    consumers' inputs: folded into the following Scale node or Conv/Linear weights (through
+    pooling and flattening) where possible, else through a new :class:`Scale` node.
+    """
+    neuron = gm.get_submodule(str(node.target))
+    factor = factor.detach().float().reshape(-1)
+    neuron.threshold = (neuron.threshold.reshape(-1) * factor).contiguous()
+    if neuron.scale is not None:
+        neuron.scale = (neuron.scale.reshape(-1) * factor).contiguous()
+    users = list(node.users)
+    if len(users) == 1 and is_module(gm, users[0], Scale):
+        scale = gm.get_submodule(str(users[0].target))
+        if _module_used_once(gm, str(users[0].target)):
+            scale.scale = (scale.scale.reshape(-1) * factor).contiguous()
+            return
+    folds = [_consumer_layer(gm, user, node, factor) for user in users]
+    if users and all(f is not None for f in folds):
+        for layer, f in folds:
+            scale_input_channels(layer, f)
+        return
+    name = add_submodule(gm, f"{node.target}_search_scale", Scale(factor))
+    with gm.graph.inserting_after(node):
+        scale_node = gm.graph.call_module(name, (node,))
+    scale_node.meta = dict(node.meta)
+    node.replace_all_uses_with(scale_node, delete_user_cb=lambda u: u is not scale_node)
+
+
+def _consumer_layer(
+    gm: fx.GraphModule, user: fx.Node, source: fx.Node, factor: torch.Tensor
+) -> Optional[Tuple[nn.Module, torch.Tensor]]:
+    """The Conv/Linear that ``source`` reaches through ``user`` and per-channel pooling or
+    flattening, with ``factor`` per input feature; None when it cannot be folded."""
+    prev, cur, f = source, user, factor
+    while cur.args and cur.args[0] is prev and len(cur.users) == 1:
+        if _per_channel_ops(gm, cur):
+            pass
+        elif _is_flatten(gm, cur):
+            f = _flattened_factor(prev, cur, f)
+            if f is None:
+                return None
+        else:
+            break
+        prev, cur = cur, next(iter(cur.users))
+    if not is_module(gm, cur, _WEIGHTED) or not cur.args or cur.args[0] is not prev:
+        return None
+    if not _module_used_once(gm, str(cur.target)):
+        return None
+    layer = gm.get_submodule(str(cur.target))
+    if f.numel() > 1:
+        if isinstance(layer, nn.Linear):
+            if layer.in_features != f.numel() or _output_dims(prev) != 2:
+                return None
+        elif layer.in_channels != f.numel():
+            return None
+    return layer, f
+
+
+def search_thresholds(
+    gm: fx.GraphModule,
+    reference: fx.GraphModule,
+    inputs: Sequence[torch.Tensor],
+    timesteps: int,
+    candidates: Sequence[float] = DEFAULT_THRESHOLD_CANDIDATES,
+    per_channel: Optional[bool] = None,
+    progress: bool = False,
+) -> fx.GraphModule:
+    """Tune every IF layer's threshold for ``timesteps`` steps on calibration inputs.
+
+    Args:
+        gm: the flat spiking graph (after ``replace_relu_with_if``, before hoisting).
+        reference: the normalized ANN graph (see :class:`~.layer_sweep.LayerSweep`).
+        inputs: calibration input batches (:func:`~.layer_sweep.collect_inputs`).
+        timesteps: the target number of time steps T.
+        candidates: threshold factors tried.
+        per_channel: one factor per channel; default: where thresholds are per channel.
+        progress: show a progress bar.
+
+    Returns:
+        ``gm`` with scaled thresholds and consumer weights.
+
+    Raises:
+        ValueError: for a bad ``timesteps`` or ``candidates``.
+    """
+    if per_channel is None:
+        per_channel = _has_channel_thresholds(gm)
+    LayerSweep(gm, reference, inputs, timesteps).run(
+        [ThresholdSearch(candidates, per_channel)], progress=progress
+    )
+    return finish(gm)
+
+
+def _has_channel_thresholds(gm: fx.GraphModule) -> bool:
+    neurons: List[IFNeuron] = [m for m in gm.modules() if isinstance(m, IFNeuron)]
+    return any(m.threshold.numel() > 1 for m in neurons)
