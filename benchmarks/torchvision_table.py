@@ -17,9 +17,10 @@ one ``ConversionError``; the table lists the offending ops.
 
 Usage::
 
-    python benchmarks/torchvision_table.py                  # all models (tens of minutes)
+    python benchmarks/torchvision_table.py                  # all models (~5 min, 1 thread)
     python benchmarks/torchvision_table.py resnet18 vgg11   # some models
     python benchmarks/torchvision_table.py --markdown out.md
+    python benchmarks/torchvision_table.py inception_v3 --timesteps 64 256 1024
 
 Large models run at reduced input sizes (see :func:`input_size`); models over 300M
 parameters that are refused are checked on the traced graph without the shape pass (their
@@ -275,8 +276,9 @@ def run(names: Iterable[str], timesteps: Sequence[int] = TIMESTEPS, samples: int
         except ann2snn.ConversionError:
             count, ops, _ = refusal(name)
             row = (
-                f"| {name} | refused: {count} nodes | {input_size(name)} | - | - | - | "
-                f"{_format_ops(ops)} |"
+                f"| {name} | refused: {count} nodes | {input_size(name)} | "
+                + "- | " * (len(timesteps) + 1)
+                + f"{_format_ops(ops)} |"
             )
         else:
             gen = torch.Generator().manual_seed(12345)
@@ -299,15 +301,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--samples", type=int, default=2, help="held-out random images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="T to report"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.models or classification_models()
+    ts = sorted(set(args.timesteps))
+    errors = " | ".join(f"rel. error T={t}" for t in ts)
     header = (
-        "| model | result | input | rel. error T=64 | rel. error T=256 | top-1 agreement "
-        "T=256 | offending ops |\n|---|---|---|---|---|---|---|"
+        f"| model | result | input | {errors} | top-1 agreement T={ts[-1]} | offending ops |\n"
+        + "|---" * (len(ts) + 5)
+        + "|"
     )
     print(header, flush=True)
-    rows = run(names, samples=args.samples)
+    rows = run(names, timesteps=ts, samples=args.samples)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(header + "\n" + "\n".join(rows) + "\n")
