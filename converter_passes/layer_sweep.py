@@ -228,6 +228,7 @@ class LayerSweep:
         interp = fx.Interpreter(self.gm)
         env: Dict[fx.Node, List[Any]] = {}
         remaining = len(self.nodes)
+        placeholders = 0
         bar = tqdm(total=remaining, desc="calibrating layers", disable=not progress, leave=False)
         try:
             for node in self.gm.graph.nodes:
@@ -235,10 +236,14 @@ class LayerSweep:
                     break
                 if node.op == "placeholder":
                     done.add(node)
-                    env[node] = [
-                        x.unsqueeze(0).expand((t,) + tuple(x.shape)).reshape((-1,) + x.shape[1:])
-                        for x in self.inputs
-                    ]
+                    if placeholders == 0:  # the model's input, repeated for every step
+                        env[node] = [
+                            x.unsqueeze(0).expand((t,) + x.shape).reshape((-1,) + x.shape[1:])
+                            for x in self.inputs
+                        ]
+                    else:  # an argument fixed by concrete_args: its default value
+                        env[node] = [node.args[0] if node.args else None] * len(self.inputs)
+                    placeholders += 1
                     continue
                 if node in self.nodes:
                     self._calibrate(node, env[node.args[0]], targets.pop(node.name), calibrators)

@@ -46,6 +46,30 @@ def test_untraceable_model_gets_the_fix_in_the_error():
         ann2snn.convert(ShapeBranch(), "max", [torch.rand(2, 4)])
 
 
+def test_concrete_args_model_converts_with_the_layer_calibration():
+    class OptionalPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x, pool=True):
+            x = torch.relu(self.conv(x))
+            if pool:  # fixed by concrete_args, so tracing can follow one branch
+                x = x.mean((2, 3))
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    model = OptionalPool().eval()
+    calib = [torch.rand(64, 1, 6, 6) for _ in range(2)]
+    snn = ann2snn.convert(model, "max", calib, concrete_args={"pool": True})
+    assert snn.meta["potential_calibration"] is True
+    assert all(m.v_init_channels is not None for _, m in snn.neurons())
+    x = torch.rand(16, 1, 6, 6)
+    err = (snn(x, timesteps=256) - model(x)).abs().max() / model(x).abs().max()
+    assert err < 0.05
+
+
 def test_simulation_state_resets_and_chunking_does_not_change_results(fmnist_train, fmnist_test):
     snn = ann2snn.convert(pretrained("fmnist_maxpool_cnn"), "99.9%", _calib(fmnist_train, 500))
     x = fmnist_test.tensors[0][:64]
