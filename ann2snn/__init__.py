@@ -7,6 +7,7 @@ Example:
 """
 
 from .api import convert
+from .bootstrap import bootstrap
 from .errors import ConversionError, DataNotFoundError
 from .evaluate import AccuracyCurve, evaluate
 from .modes import parse_mode
@@ -22,6 +23,7 @@ __all__ = [
     "DataNotFoundError",
     "IFNeuron",
     "SpikingModel",
+    "bootstrap",
     "convert",
     "evaluate",
     "parse_mode",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import convert_cmd, demo_cmd, eval_cmd, info_cmd
+from . import bootstrap_cmd, convert_cmd, demo_cmd, eval_cmd, info_cmd
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
 
@@ -49,6 +49,7 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
     "eval": Subcommand.from_module(eval_cmd),
     "info": Subcommand.from_module(info_cmd),
     "demo": Subcommand.from_module(demo_cmd),
+    "bootstrap": Subcommand.from_module(bootstrap_cmd),
 }
 
 DESCRIPTION = """\
@@ -102,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple:
+    from ann2snn.distributed import DistributedError
     from ann2snn.errors import ConversionError
 
-    return (ValueError, FileNotFoundError, FileExistsError, ConversionError, OSError)
+    errors = (ValueError, FileNotFoundError, FileExistsError, ConversionError, OSError)
+    return errors + (DistributedError,)  # names the failing rank and its cause
 
 
 def _one_paragraph(exc: BaseException) -> str:

@@ -23,9 +23,9 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
-from ann2snn.bootstrap import PiecewiseLinear, fits_of, pwl_eval
+from ann2snn.bootstrap import PiecewiseLinear, RateRecorder, fits_of, pwl_eval
 from ann2snn.calibration import batch_count_bound, iter_inputs
-from ann2snn.neuron import IFNeuron, _channel_view
+from ann2snn.neuron import IFNeuron
 from ann2snn.spiking import SpikingModel
 
 #: Default input-current range sampled and fitted, in units of the threshold.
@@ -133,7 +133,12 @@ def _check_spiking_graph(gm: nn.Module) -> None:
         raise ValueError("the spiking graph has no IF neurons to sample")
 
 
-def _check_range(sample_range: Tuple[float, float]) -> Tuple[float, float]:
+def check_sample_range(sample_range: Tuple[float, float]) -> Tuple[float, float]:
+    """Return ``(low, high)`` as floats.
+
+    Raises:
+        ValueError: unless the range is finite and holds [0, 1] strictly inside.
+    """
     try:
         lo, hi = (float(v) for v in sample_range)
     except (TypeError, ValueError) as exc:
@@ -180,57 +185,30 @@ def sample_rates(
             data that yields no batch.
     """
     _check_spiking_graph(snn.graph_module)
-    lo, hi = _check_range(sample_range)
+    lo, hi = check_sample_range(sample_range)
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    neurons = snn.neurons()
-    acc = {name: _BinAccumulator(lo, hi, bins) for name, _ in neurons}
-    sums: Dict[str, list] = {}
-
-    def hook(name: str):
-        def record(module: IFNeuron, inputs, output) -> None:
-            x = inputs[0]
-            steps = module.steps
-            if module.static_input:
-                cur = x * steps
-            else:
-                cur = x.reshape((steps, -1) + tuple(x.shape[1:])).sum(0)
-            spk = output.reshape((steps, -1) + tuple(output.shape[1:])).sum(0)
-            if name in sums:
-                sums[name][0] += cur
-                sums[name][1] += spk
-            else:
-                sums[name] = [cur.clone(), spk.clone()]
-
-        return record
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in neurons]
+    acc = {name: _BinAccumulator(lo, hi, bins) for name, _ in snn.neurons()}
     device = next((t.device for t in snn.graph_module.parameters()), torch.device("cpu"))
     batches = 0
-    try:
-        total = batch_count_bound(data, max_batches)
-        it = tqdm(
-            iter_inputs(data, max_batches),
-            total=total,
-            desc=f"bootstrap sampling T={timesteps}",
-            disable=not progress,
-            leave=False,
-        )
-        for x in it:
-            sums.clear()
+    bar = tqdm(
+        iter_inputs(data, max_batches),
+        total=batch_count_bound(data, max_batches),
+        desc=f"bootstrap sampling T={timesteps}",
+        disable=not progress,
+        leave=False,
+    )
+    with RateRecorder(snn) as rec:
+        for x in bar:
+            rec.clear()
             for _ in snn.simulate(x.to(device), timesteps):
                 pass
-            for name, m in neurons:
-                cur, spk = sums[name]
-                thr = _channel_view(m.threshold.to(cur.device), cur)
-                acc[name].add(cur / timesteps / thr, spk / timesteps)
+            for name, a in acc.items():
+                a.add(*rec.means(name, timesteps))
             batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-        sums.clear()
+        rec.clear()
     if batches == 0:
         raise ValueError("the calibration data yielded no batch to sample the SNN with")
     return {name: a.result(timesteps) for name, a in acc.items()}
@@ -286,7 +264,8 @@ def fit_monotone_pwl(
     Knots are evenly spaced over ``[lo, hi]``. The knot values minimize
     ``sum w (f(current) - rate)^2`` under ``f`` non-decreasing, plus a tiny pull
     (``prior_weight`` of the total weight per knot) toward ``clamp(x, 0, 1)``, the
-    infinite-time IF rate, so that knots no sample constrains stay sensible.
+    infinite-time IF rate, so that knots no sample constrains stay sensible. The values
+    are finally clipped to the possible rates [0, 1].
 
     Args:
         current: sample currents (threshold units), any shape.
@@ -335,7 +314,8 @@ def fit_monotone_pwl(
     rhs.append(sp * prior)
     z = nnls(torch.cat(rows, 0), torch.cat(rhs, 0))
     values = (z[0] - z[1]) + ramps_at_knots @ z[2:]
-    return values.float()
+    # Rates live in [0, 1]; clamping keeps the order, so the fit stays monotone.
+    return values.clamp(0.0, 1.0).float()
 
 
 def fit_error(samples: RateSamples, values: torch.Tensor) -> float:
@@ -383,7 +363,7 @@ def bootstrap_fit(
             no calibration data.
     """
     _check_spiking_graph(gm)
-    lo, hi = _check_range(sample_range)
+    lo, hi = check_sample_range(sample_range)
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
         raise ValueError(f"segments must be a positive integer, got {segments!r}")
     snn = SpikingModel(gm)

@@ -1,0 +1,621 @@
+"""Bootstrap fine-tuning for very few time steps.
+
+At small T an IF neuron is not a ReLU: it takes only the rates ``k / T``, starts from
+``v_init``, saturates at one spike per step and reacts to the timing of its input. The
+bootstrap loop (after Intel lava-dl's bootstrap training, rewritten for any converted
+graph) alternates
+
+1. SAMPLING + FIT (:func:`ann2snn.converter_passes.bootstrap_fit.bootstrap_fit`): simulate
+   the SNN at the target T and fit each IF layer's (mean input current -> rate) relation
+   as a monotone piecewise-linear function;
+2. ANN mode (:class:`BootstrapModel`): run the converted graph once, without time, with
+   every IF layer replaced by its fitted :class:`PiecewiseLinear`, and train the shared
+   Conv/Linear weights with ordinary PyTorch training;
+3. SNN mode: put the IF neurons back. They sit between the very same layer objects, so
+   the trained weights are the SNN's weights.
+
+By default (``train_mode='hybrid'``) step 2 trains on the SNN's own output: each batch is
+simulated for T steps, the measured rates of every IF layer stand in for the fitted
+functions' values, and the gradients flow through the fitted functions (a
+straight-through pass, :meth:`BootstrapModel.hybrid`). ``train_mode='ann'`` trains the
+pure ANN view.
+
+Example:
+    >>> snn = ann2snn.convert(model, calib_data=train_loader, calib_batches=8)  # doctest: +SKIP
+    >>> snn, history = ann2snn.bootstrap(snn, train_loader, timesteps=4,
+    ...                                  eval_loader=test_loader)  # doctest: +SKIP
+    >>> snn(images, timesteps=4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from tqdm import tqdm
+
+from .calibration import batch_input
+from .neuron import IFNeuron, _channel_view
+from .pooling import GatedMaxPool, SpikingMaxPool
+from .spiking import SpikingModel
+from .tracing import replace_submodule
+
+__all__ = [
+    "BootstrapModel",
+    "BootstrapRecord",
+    "PiecewiseLinear",
+    "RateRecorder",
+    "bootstrap",
+    "drop_fits",
+    "fits_of",
+    "pwl_eval",
+]
+
+#: Name of the ModuleDict on a spiking graph that holds the fitted functions.
+FITS_ATTR = "bootstrap_fits"
+
+
+def pwl_eval(x: torch.Tensor, values: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Evaluate the piecewise-linear function with knot ``values`` evenly over ``[lo, hi]``.
+
+    Outside ``[lo, hi]`` the function is constant (its end values). Differentiable in ``x``
+    (slope of the segment) and in ``values``.
+
+    Args:
+        x: inputs, any shape.
+        values: ``[segments + 1]`` knot values.
+        lo, hi: positions of the first and last knot.
+
+    Returns:
+        ``f(x)``, shaped like ``x``.
+    """
+    segments = values.numel() - 1
+    p = (x - lo) * (segments / (hi - lo))
+    i = p.detach().floor().clamp(0, segments - 1)
+    frac = (p - i).clamp(0, 1)
+    i = i.long()
+    left = values[i]
+    return left + frac * (values[i + 1] - left)
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    y = y.clamp_min(1e-12)
+    return torch.where(y > 20, y, torch.log(torch.expm1(y)))
+
+
+class PiecewiseLinear(nn.Module):
+    """A monotone piecewise-linear activation: the ANN view of one IF layer.
+
+    ``forward(x) = f(x / threshold)`` with ``f`` linear between ``segments + 1`` evenly
+    spaced knots over ``[lo, hi]`` (threshold units) and constant outside. It outputs a
+    firing rate, as the IF neuron it stands for does on average.
+
+    The knot values are stored as a first value plus non-negative increments (through a
+    softplus), so ``f`` stays non-decreasing even when the knots are learned.
+
+    Args:
+        values: the ``segments + 1`` knot values (non-decreasing).
+        lo, hi: positions of the first and last knot.
+        threshold: the IF layer's threshold, scalar or per channel (dim 1).
+        learnable: make the knot values trainable parameters (else fixed buffers).
+
+    Raises:
+        ValueError: on fewer than two values, decreasing values or a bad range.
+    """
+
+    def __init__(
+        self,
+        values: torch.Tensor,
+        lo: float,
+        hi: float,
+        threshold: Union[float, torch.Tensor] = 1.0,
+        learnable: bool = False,
+    ) -> None:
+        super().__init__()
+        values = torch.as_tensor(values, dtype=torch.float32).detach().reshape(-1)
+        if values.numel() < 2:
+            raise ValueError("PiecewiseLinear needs at least two knot values")
+        if not float(lo) < float(hi):
+            raise ValueError(f"PiecewiseLinear needs lo < hi, got ({lo}, {hi})")
+        steps = values[1:] - values[:-1]
+        if bool((steps < -1e-6).any()):
+            raise ValueError("PiecewiseLinear knot values must be non-decreasing")
+        self.lo, self.hi = float(lo), float(hi)
+        self.exact = not learnable
+        first = values[:1].clone()
+        if learnable:
+            self.first = nn.Parameter(first)
+            self.raw_steps = nn.Parameter(_inverse_softplus(steps.clamp_min(0)))
+        else:
+            self.register_buffer("first", first)
+            self.register_buffer("raw_steps", steps.clamp_min(0).clone())
+        thr = torch.as_tensor(threshold, dtype=torch.float32).detach().clone().reshape(-1)
+        if bool((thr <= 0).any()):
+            raise ValueError("PiecewiseLinear thresholds must be positive")
+        self.register_buffer("threshold", thr)
+
+    @property
+    def segments(self) -> int:
+        return self.raw_steps.numel()
+
+    def values(self) -> torch.Tensor:
+        """The knot values ``[segments + 1]``."""
+        steps = self.raw_steps if self.exact else F.softplus(self.raw_steps)
+        return torch.cat([self.first, self.first + torch.cumsum(steps, 0)])
+
+    def knots(self) -> torch.Tensor:
+        """The knot positions ``[segments + 1]`` (threshold units)."""
+        return torch.linspace(self.lo, self.hi, self.segments + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x / _channel_view(self.threshold, x)
+        return pwl_eval(u, self.values(), self.lo, self.hi)
+
+    def extra_repr(self) -> str:
+        return (
+            f"segments={self.segments}, range=({self.lo:g}, {self.hi:g}), "
+            f"learnable={not self.exact}"
+        )
+
+
+class RateRecorder:
+    """Record, per IF layer, each neuron's summed input current and spike count over one
+    simulation (a context manager over forward hooks).
+
+    Example:
+        >>> with RateRecorder(snn) as rec:  # doctest: +SKIP
+        ...     snn(x, timesteps=4)
+        ...     current, rate = rec.means("time_loop.relu", 4)
+    """
+
+    def __init__(self, snn: SpikingModel) -> None:
+        self.neurons = dict(snn.neurons())
+        self.sums: Dict[str, List[torch.Tensor]] = {}
+        self._handles: List[Any] = []
+
+    def __enter__(self) -> RateRecorder:
+        self._handles = [
+            m.register_forward_hook(self._hook(name)) for name, m in self.neurons.items()
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def clear(self) -> None:
+        """Forget what was recorded (call between inputs)."""
+        self.sums = {}
+
+    def _hook(self, name: str):
+        def record(module: IFNeuron, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor):
+            # float64 sums: the mean of T float32 inputs is then exact (bins see true values)
+            x, steps = inputs[0].detach().double(), module.steps
+            # a static-input neuron receives its (constant) current once per chunk
+            cur = x * steps if module.static_input else x.reshape((steps, -1) + x.shape[1:]).sum(0)
+            spk = output.detach().reshape((steps, -1) + output.shape[1:]).sum(0)
+            if name in self.sums:
+                self.sums[name][0] += cur
+                self.sums[name][1] += spk
+            else:
+                self.sums[name] = [cur.clone(), spk.clone()]
+
+        return record
+
+    def means(self, name: str, timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(mean input current / threshold (float64), rate) of every neuron of layer
+        ``name``, ``[B, ...]`` each, after a simulation of ``timesteps`` steps.
+
+        Raises:
+            KeyError: when the layer has not run since :meth:`clear`.
+        """
+        if name not in self.sums:
+            raise KeyError(f"IF layer {name!r} did not run since the recorder was cleared")
+        cur, spk = self.sums[name]
+        thr = _channel_view(self.neurons[name].threshold.to(cur.device).double(), cur)
+        return cur / timesteps / thr, spk / timesteps
+
+
+class _Fits:
+    """Neuron name -> fitted :class:`PiecewiseLinear`, kept in a ModuleDict on the graph
+    (ModuleDict keys may not contain dots, so names are stored with ``/``)."""
+
+    def __init__(self, store: nn.ModuleDict) -> None:
+        self.store = store
+
+    def __getitem__(self, name: str) -> PiecewiseLinear:
+        return self.store[name.replace(".", "/")]  # type: ignore[return-value]
+
+    def __setitem__(self, name: str, fit: PiecewiseLinear) -> None:
+        self.store[name.replace(".", "/")] = fit
+
+    def __contains__(self, name: str) -> bool:
+        return name.replace(".", "/") in self.store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def items(self) -> Iterator[Tuple[str, PiecewiseLinear]]:
+        for key, fit in self.store.items():
+            yield key.replace("/", "."), fit  # type: ignore[misc]
+
+
+def fits_of(gm: nn.Module) -> _Fits:
+    """The fitted functions stored on a spiking graph (created empty when absent)."""
+    if not isinstance(getattr(gm, FITS_ATTR, None), nn.ModuleDict):
+        gm.add_module(FITS_ATTR, nn.ModuleDict())
+    return _Fits(getattr(gm, FITS_ATTR))
+
+
+def drop_fits(gm: nn.Module) -> None:
+    """Remove the fitted functions from a spiking graph, leaving exactly the converted
+    structure (so that the SNN saves and loads like any other)."""
+    if hasattr(gm, FITS_ATTR):
+        delattr(gm, FITS_ATTR)
+
+
+class BootstrapModel(nn.Module):
+    """Two views of one converted graph that share every Conv/Linear layer.
+
+    * SNN mode (the start): the graph with its IF neurons, simulated over time.
+    * ANN mode: the same graph run once, without time, each IF layer replaced by its
+      fitted :class:`PiecewiseLinear`; differentiable, for ordinary PyTorch training.
+
+    Switching swaps the modules in place (parent + ``setattr``), so the weights trained
+    in ANN mode are the SNN's weights.
+
+    Args:
+        snn: the converted model. It is used (and changed by training) in place.
+    """
+
+    def __init__(self, snn: SpikingModel) -> None:
+        super().__init__()
+        if not isinstance(snn, SpikingModel):
+            raise TypeError(f"BootstrapModel needs a SpikingModel, got {type(snn).__name__}")
+        self.snn = snn
+        self._neurons: Dict[str, IFNeuron] = {}
+        self._pools: Dict[str, nn.Module] = {}
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        return self.snn.graph_module
+
+    @property
+    def mode(self) -> str:
+        """``'ann'`` or ``'snn'``."""
+        return "ann" if self._neurons else "snn"
+
+    def layer_parameters(self) -> List[nn.Parameter]:
+        """The trainable weights of the converted graph (not the reference ANN's)."""
+        return [p for p in self.graph_module.parameters() if p.requires_grad]
+
+    def fit(
+        self, calib_data: Iterable[Any], timesteps: int, **options: Any
+    ) -> Dict[str, Dict[str, Any]]:
+        """Re-sample the SNN and re-fit every layer (see ``bootstrap_fit``); keeps the mode.
+
+        Returns:
+            Fit statistics per IF layer (``rmse``, ``in_range`` ...).
+        """
+        from ann2snn.converter_passes.bootstrap_fit import bootstrap_fit
+
+        was_ann = self.mode == "ann"
+        self.snn_mode()
+        bootstrap_fit(self.graph_module, calib_data, timesteps, **options)
+        if was_ann:
+            self.ann_mode()
+        return self.graph_module.meta["bootstrap_fit"]
+
+    def ann_mode(self) -> BootstrapModel:
+        """Replace each IF layer by its fitted function.
+
+        Raises:
+            ValueError: when a layer has no fit yet (call :meth:`fit` first).
+        """
+        if self.mode == "ann":
+            return self
+        fits = fits_of(self.graph_module)
+        neurons = self.snn.neurons()
+        missing = [name for name, _ in neurons if name not in fits]
+        if missing:
+            raise ValueError(
+                f"no fitted activation for IF layer(s) {missing}: call fit(calib_data, "
+                "timesteps) (or bootstrap_fit on the graph) before switching to ANN mode"
+            )
+        for name, neuron in neurons:
+            neuron.reset()
+            replace_submodule(self.graph_module, name, fits[name])
+            self._neurons[name] = neuron
+        # One step of a spike-train max pooling from a fresh state is the max pooling of
+        # its input; the plain pooling is differentiable (the fused pooling op has no
+        # backward, so gradients would stop there).
+        for name, pool in list(self.graph_module.named_modules()):
+            if isinstance(pool, (SpikingMaxPool, GatedMaxPool)):
+                plain = copy.deepcopy(pool.pool)
+                if hasattr(plain, "return_indices"):
+                    plain.return_indices = False
+                pool.reset()
+                replace_submodule(self.graph_module, name, plain)
+                self._pools[name] = pool
+        return self
+
+    def snn_mode(self) -> BootstrapModel:
+        """Put the IF neurons back (with their thresholds); the weights stay as trained."""
+        for name, module in {**self._neurons, **self._pools}.items():
+            replace_submodule(self.graph_module, name, module)
+        self._neurons, self._pools = {}, {}
+        self.snn.reset()  # drop state (and autograd history) left by ANN-mode passes
+        return self
+
+    def hybrid(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """The SNN's output with ANN-mode gradients (a straight-through pass).
+
+        The SNN runs ``timesteps`` steps (no gradient) and every IF layer's measured rates
+        replace the fitted function's values in an ANN-mode pass, while gradients flow
+        through the fitted functions. Between IF layers the graph is linear in the rates
+        (or max-pools them), so the returned values are the SNN's time-averaged output
+        and the loss is the SNN's own. Leaves the model in ANN mode.
+        """
+        self.snn_mode()
+        with torch.no_grad(), RateRecorder(self.snn) as rec:
+            for _ in self.snn.simulate(x, timesteps):
+                pass
+            rates = {name: rec.means(name, timesteps)[1] for name in rec.neurons}
+        self.ann_mode()
+        fits = fits_of(self.graph_module)
+        handles = [
+            fits[name].register_forward_hook(_straight_through(r)) for name, r in rates.items()
+        ]
+        try:
+            return self(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward(self, x: torch.Tensor, timesteps: Optional[int] = None) -> torch.Tensor:
+        """ANN mode: one differentiable pass. SNN mode: the output averaged over
+        ``timesteps`` steps (required)."""
+        if self.mode == "snn":
+            if timesteps is None:
+                raise ValueError("SNN mode needs timesteps; call model(x, timesteps=T)")
+            return self.snn(x, timesteps=timesteps)
+        gm = self.graph_module
+        _one_step_fresh(gm.time_loop)
+        return gm.time_loop(*gm.static_prefix(x))
+
+
+def _straight_through(measured: torch.Tensor):
+    def replace(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return output + (measured - output).detach()
+
+    return replace
+
+
+def _one_step_fresh(module: nn.Module) -> None:
+    """Set every module that lives in time (steps + reset: the simulator's contract, e.g.
+    max pooling over spike trains) to one step from a fresh state: a single pass then
+    computes their rate function (the max pooling of the rates)."""
+    for m in module.modules():
+        if isinstance(getattr(m, "steps", None), int) and callable(getattr(m, "reset", None)):
+            m.steps = 1
+            m.reset()
+
+
+@dataclass
+class BootstrapRecord:
+    """One row of the bootstrap history.
+
+    Attributes:
+        epoch: training epochs done (fractional between epoch ends).
+        step: optimizer steps done.
+        loss: mean training loss since the previous record (None at the start).
+        train_accuracy: training accuracy (%) since the previous record, of the output
+            that was trained (the SNN's in ``'hybrid'`` mode, the ANN view's in ``'ann'``).
+        snn_accuracy: T -> the SNN's accuracy (%) on the evaluation data, when measured.
+        fit_rmse: mean over IF layers of the fit's RMS error on the sampled points.
+    """
+
+    epoch: float
+    step: int
+    loss: Optional[float] = None
+    train_accuracy: Optional[float] = None
+    snn_accuracy: Dict[int, float] = field(default_factory=dict)
+    fit_rmse: Optional[float] = None
+
+    def line(self) -> str:
+        parts = [f"epoch {self.epoch:.2f} (step {self.step})"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.train_accuracy is not None:
+            parts.append(f"train acc {self.train_accuracy:.2f}%")
+        for t, acc in sorted(self.snn_accuracy.items()):
+            parts.append(f"SNN acc @T={t} {acc:.2f}%")
+        if self.fit_rmse is not None:
+            parts.append(f"fit rmse {self.fit_rmse:.4f}")
+        return ", ".join(parts)
+
+
+def _labels(batch: Any) -> torch.Tensor:
+    from .evaluate import _labels as labels_of
+
+    return labels_of(batch)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def bootstrap(
+    model: Union[SpikingModel, nn.Module],
+    train_loader: Iterable[Any],
+    *,
+    timesteps: int,
+    epochs: float = 2,
+    resample_every: float = 0.25,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    calib_data: Optional[Iterable[Any]] = None,
+    sample_batches: Optional[int] = 8,
+    segments: Optional[int] = None,
+    sample_range: Optional[Tuple[float, float]] = None,
+    eval_loader: Optional[Iterable[Any]] = None,
+    eval_batches: Optional[int] = None,
+    eval_timesteps: Sequence[int] = (),
+    train_mode: str = "hybrid",
+    progress: bool = True,
+    **convert_kwargs: Any,
+) -> Tuple[SpikingModel, List[BootstrapRecord]]:
+    """Fine-tune a converted SNN for ``timesteps`` steps with fitted piecewise-linear
+    activations (SAMPLE -> FIT -> train in ANN mode -> back to SNN, re-fitted on a schedule).
+
+    Args:
+        model: a :class:`SpikingModel` (deep-copied; the input is not changed), or an ANN,
+            which is then converted with ``convert_kwargs`` calibrating on ``calib_data``
+            (default: ``train_loader``).
+        train_loader: ``(input, label)`` batches; one epoch is one pass over it.
+        timesteps: the target number of time steps T.
+        epochs: training epochs (may be fractional).
+        resample_every: re-sample and re-fit every this many epochs (and measure the SNN
+            when ``eval_loader`` is given).
+        lr: Adam learning rate (cosine-annealed to zero over the run).
+        weight_decay: Adam weight decay.
+        calib_data: batches the SNN is sampled on (default: ``train_loader``).
+        sample_batches: use at most this many batches of it per sampling (None: all).
+        segments: linear segments per fitted function (default: the pass's).
+        sample_range: current range fitted, threshold units (default: the pass's).
+        eval_loader: ``(input, label)`` batches on which the SNN's accuracy is measured at
+            the start, at every re-fit and at the end.
+        eval_batches: use at most this many evaluation batches per measurement.
+        eval_timesteps: more time steps to report besides ``timesteps``.
+        train_mode: ``'hybrid'`` (default): the forward values are the SNN's own
+            (simulated for ``timesteps`` steps, no gradient), the gradients those of the
+            ANN view (see :meth:`BootstrapModel.hybrid`); ``'ann'``: train the ANN view
+            alone (fitted functions, one pass; cheaper, but it learns the SNN's average
+            behaviour, not its output; see docs/bootstrap.md for the measured difference).
+        progress: progress bars, and a line per measurement.
+        **convert_kwargs: passed to :func:`ann2snn.convert` when ``model`` is an ANN.
+
+    Returns:
+        ``(snn, history)``: the fine-tuned :class:`SpikingModel` (its ``meta['bootstrap']``
+        records the settings) and the list of :class:`BootstrapRecord`.
+
+    Raises:
+        ValueError: on bad options or an empty ``train_loader``.
+        TypeError: when ``model`` is not an ``nn.Module``.
+    """
+    from ann2snn.converter_passes import bootstrap_fit as fit_pass
+
+    from .api import convert
+    from .evaluate import evaluate
+
+    _check_positive_int("timesteps", timesteps)
+    if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
+        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+    if not (isinstance(resample_every, (int, float)) and resample_every > 0):
+        raise ValueError(
+            f"resample_every must be a positive number of epochs, got {resample_every!r}"
+        )
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if train_mode not in ("ann", "hybrid"):
+        raise ValueError(f"train_mode must be 'ann' or 'hybrid', got {train_mode!r}")
+    eval_ts = sorted(
+        {timesteps, *(_check_positive_int("eval_timesteps", t) for t in eval_timesteps)}
+    )
+    try:
+        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ValueError("train_loader must have a length (a DataLoader or a list)") from exc
+    if batches_per_epoch == 0:
+        raise ValueError("train_loader is empty")
+
+    if isinstance(model, SpikingModel):
+        snn = copy.deepcopy(model)
+    elif isinstance(model, nn.Module):
+        calib = calib_data if calib_data is not None else train_loader
+        snn = convert(model, calib_data=calib, **convert_kwargs)
+    else:
+        raise TypeError(f"model must be a SpikingModel or an nn.Module, got {type(model).__name__}")
+    sampling = calib_data if calib_data is not None else train_loader
+    fit_options: Dict[str, Any] = {"max_batches": sample_batches, "progress": progress}
+    if segments is not None:
+        fit_options["segments"] = segments
+    if sample_range is not None:
+        fit_options["sample_range"] = sample_range
+
+    boot = BootstrapModel(snn)
+    params = boot.layer_parameters()
+    device = params[0].device if params else torch.device("cpu")
+    total_steps = max(1, math.ceil(epochs * batches_per_epoch))
+    refit_every = max(1, round(resample_every * batches_per_epoch))
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    history: List[BootstrapRecord] = []
+    bar = tqdm(total=total_steps, desc=f"bootstrap T={timesteps}", disable=not progress)
+
+    def measure(step: int, loss: Optional[float], acc: Optional[float], refit: bool) -> None:
+        stats = boot.fit(sampling, timesteps, **fit_options) if refit else None
+        rec = BootstrapRecord(epoch=step / batches_per_epoch, step=step, loss=loss)
+        rec.train_accuracy = acc
+        if stats:
+            rec.fit_rmse = sum(s["rmse"] for s in stats.values()) / len(stats)
+        if eval_loader is not None:
+            was_ann = boot.mode == "ann"
+            boot.snn_mode()
+            curve = evaluate(snn, eval_loader, eval_ts, max_batches=eval_batches)
+            rec.snn_accuracy = dict(curve.accuracy)
+            if was_ann:
+                boot.ann_mode()
+        history.append(rec)
+        if progress:
+            tqdm.write(f"bootstrap T={timesteps}: {rec.line()}")
+
+    measure(0, None, None, refit=True)
+    boot.ann_mode()
+    step, loss_sum, correct, seen = 0, 0.0, 0, 0
+    try:
+        while step < total_steps:
+            for batch in train_loader:
+                x = batch_input(batch).to(device)
+                y = _labels(batch).to(device)
+                out = boot.hybrid(x, timesteps) if train_mode == "hybrid" else boot(x)
+                loss = F.cross_entropy(out, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((out.detach().argmax(1) == y).sum())
+                seen += len(y)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
+                if step % refit_every == 0 or step == total_steps:
+                    measure(step, loss_sum / seen, 100.0 * correct / seen, refit=step < total_steps)
+                    loss_sum, correct, seen = 0.0, 0, 0
+                if step >= total_steps:
+                    break
+    finally:
+        bar.close()
+        boot.snn_mode()
+        snn.graph_module.zero_grad(set_to_none=True)
+        drop_fits(snn.graph_module)
+    snn.meta["bootstrap"] = {
+        "timesteps": timesteps,
+        "epochs": epochs,
+        "steps": step,
+        "lr": lr,
+        "train_mode": train_mode,
+        "resample_every": resample_every,
+        "segments": fit_options.get("segments", fit_pass.DEFAULT_SEGMENTS),
+        "sample_range": list(fit_options.get("sample_range", fit_pass.DEFAULT_SAMPLE_RANGE)),
+    }
+    return snn, history

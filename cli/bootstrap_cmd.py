@@ -1,0 +1,287 @@
+"""``ann2snn bootstrap``: fine-tune a converted SNN for very few time steps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from .common import (
+    CLIError,
+    add_conversion_arguments,
+    add_data_arguments,
+    add_model_arguments,
+    add_runtime_arguments,
+    check_outputs,
+    convert_opened,
+    data_options,
+    format_options,
+    open_model,
+    parse_timesteps,
+    positive_int,
+    to_device,
+    validate_mode,
+)
+from .data_sources import open_data
+
+SUMMARY = "fine-tune an SNN for very few time steps T (bootstrap training)"
+DESCRIPTION = """\
+At a handful of time steps an IF neuron takes only a few firing rates and saturates, so
+the ReLU no longer describes what the SNN does and accuracy drops. bootstrap measures
+what every IF layer really does at the target T (SAMPLING), fits it as a monotone
+piecewise-linear function of the input current (FIT), trains the network with those
+functions in place of the neurons (an ordinary, differentiable ANN pass), and switches
+back to the SNN, which keeps the trained weights. Sampling and fitting are repeated every
+--resample-every epochs, and the SNN's accuracy at T is printed each time.
+
+MODEL is an SNN file from `ann2snn convert`, or any ANN input that `convert` accepts
+(it is then converted first; --calib defaults to the training data). The result is an
+ordinary SNN file (-o) that `ann2snn eval` and `ann2snn info` read.
+"""
+EPILOG = """\
+examples:
+  ann2snn bootstrap snn.pt --timesteps 4 -o snn_t4.pt
+  ann2snn bootstrap fmnist_avgpool_cnn --calib-limit 2000 --timesteps 8 --epochs 1 \\
+      --report 4,8,16,32 --json history.json -o snn_t8.pt
+"""
+
+
+def _sample_range(text: str) -> List[float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LOW,HIGH such as -1,2 (input current in units of the threshold), "
+            f"got {text!r}"
+        ) from None
+    return [lo, hi]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ann2snn.converter_passes.bootstrap_fit import DEFAULT_SAMPLE_RANGE, DEFAULT_SEGMENTS
+
+    parser.add_argument("model", metavar="MODEL", help="an SNN file or a trained ANN")
+    parser.add_argument(
+        "-T",
+        "--timesteps",
+        type=positive_int,
+        required=True,
+        metavar="T",
+        help="the number of time steps the SNN will run for (e.g. 4 or 8)",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="OUT.pt", help="write the fine-tuned SNN file here"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the history and results as JSON")
+    parser.add_argument("--force", action="store_true", help="replace existing output files")
+    tr = parser.add_argument_group("training")
+    tr.add_argument(
+        "--train",
+        metavar="DATA",
+        help="labelled training data (dataset names use the train split; default: the "
+        "dataset the model was trained on, when known)",
+    )
+    tr.add_argument(
+        "--train-limit", type=positive_int, metavar="N", help="train on the first N examples"
+    )
+    tr.add_argument(
+        "--epochs",
+        type=_positive_float,
+        default=2.0,
+        metavar="E",
+        help="passes over the training data, may be fractional (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)"
+    )
+    tr.add_argument(
+        "--resample-every",
+        type=_positive_float,
+        default=0.25,
+        metavar="E",
+        help="re-sample the SNN and re-fit every E epochs (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--segments",
+        type=positive_int,
+        default=DEFAULT_SEGMENTS,
+        metavar="N",
+        help="linear segments per fitted function (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--range",
+        type=_sample_range,
+        default=list(DEFAULT_SAMPLE_RANGE),
+        metavar="LOW,HIGH",
+        help="input current range sampled and fitted, in units of the threshold; it must "
+        "contain 0..1 (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--sample-batches",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="batches of training data simulated per sampling (default: %(default)s)",
+    )
+    tr.add_argument(
+        "--train-mode",
+        choices=("hybrid", "ann"),
+        default="hybrid",
+        help="hybrid: train on the SNN's own output with the fitted functions' gradients; "
+        "ann: train the ANN view with the fitted functions only (default: %(default)s)",
+    )
+    tr.add_argument("--seed", type=int, default=0, help="shuffling seed (default: %(default)s)")
+    ev = parser.add_argument_group("evaluation")
+    ev.add_argument(
+        "--data",
+        metavar="DATA",
+        help="labelled evaluation data (test split for dataset names; default: the dataset "
+        "the model was trained on, when known)",
+    )
+    ev.add_argument(
+        "--limit", type=positive_int, metavar="N", help="evaluate on the first N examples"
+    )
+    ev.add_argument(
+        "--report",
+        metavar="LIST",
+        help="time steps to report besides T, e.g. 4,8,16,32 (default: T only)",
+    )
+    add_model_arguments(parser)
+    add_conversion_arguments(
+        parser,
+        calib_help="calibration data when MODEL is an ANN (default: the training data)",
+    )
+    add_data_arguments(parser)
+    add_runtime_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import ann2snn
+    from ann2snn import io as snn_io
+    from ann2snn.converter_passes.bootstrap_fit import check_sample_range
+    from ann2snn.evaluate import write_atomic
+
+    validate_mode(args.mode)
+    try:
+        check_sample_range(args.range)
+    except ValueError as exc:
+        raise CLIError(f"--range: {exc}") from None
+    report = sorted({args.timesteps, *(parse_timesteps(args.report) if args.report else [])})
+    check_outputs([args.output, args.json], args.force, [args.model])
+    opened = open_model(args, args.model)
+    train_spec = args.train or opened.hints.dataset
+    if not train_spec:
+        raise CLIError(
+            "missing training data: pass --train DATA with labelled training examples (e.g. "
+            "--train fashion-mnist, an image folder, or an .npz/.pt file with x and y)."
+        )
+    train = open_data(
+        train_spec,
+        split="train",
+        options=data_options(args, args.train_limit, opened.hints),
+        need_labels=True,
+    )
+    eval_spec = (
+        args.data or opened.hints.dataset or (train.dataset_name if not args.train else None)
+    )
+    evaluation = None
+    if eval_spec:
+        evaluation = open_data(
+            eval_spec,
+            split="test",
+            options=data_options(args, args.limit, opened.hints),
+            need_labels=True,
+        )
+    print(f"model: {opened.description}")
+    if opened.snn is None:
+        if args.calib:
+            calib = open_data(
+                args.calib,
+                split="train",
+                options=data_options(args, args.calib_limit, opened.hints),
+            )
+        else:
+            calib = open_data(
+                train_spec,
+                split="train",
+                options=data_options(args, args.calib_limit, opened.hints),
+            )
+        print(f"calibration data: {calib.description}")
+        snn = convert_opened(args, opened, calib)
+        source = opened.loaded.source
+    else:
+        snn = opened.snn
+        source = snn_io.read_snn_header(args.model)["ann_source"]
+    print(f"conversion: {format_options(snn.meta)}")
+    print(f"training data: {train.description}")
+    if evaluation is not None:
+        print(f"evaluation data: {evaluation.description}")
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(
+        train.loader.dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=0,
+    )
+    tuned, history = ann2snn.bootstrap(
+        snn,
+        to_device(train_loader, args.device),
+        timesteps=args.timesteps,
+        epochs=args.epochs,
+        resample_every=args.resample_every,
+        lr=args.lr,
+        segments=args.segments,
+        sample_range=tuple(args.range),
+        sample_batches=args.sample_batches,
+        eval_loader=None if evaluation is None else to_device(evaluation.loader, args.device),
+        eval_timesteps=report,
+        train_mode=args.train_mode,
+        progress=not args.no_progress,
+    )
+    if evaluation is not None:
+        before, after = history[0].snn_accuracy, history[-1].snn_accuracy
+        print()
+        print(
+            f"SNN accuracy on {evaluation.size} examples (%), bootstrapped for T={args.timesteps}"
+        )
+        print(f"{'T':>6}  {'before':>7}  {'after':>7}  {'change':>7}")
+        for t in report:
+            print(f"{t:>6}  {before[t]:>7.2f}  {after[t]:>7.2f}  {after[t] - before[t]:>+7.2f}")
+    if args.output:
+        provenance = {"input": args.model, "bootstrap_training": train.description}
+        snn_io.save_snn(tuned, args.output, source=source, provenance=provenance, overwrite=True)
+        print(f"wrote {args.output}")
+    if args.json:
+        payload: Dict[str, Any] = {
+            "model": args.model,
+            "bootstrap": tuned.meta["bootstrap"],
+            "history": [_record(r) for r in history],
+        }
+        write_atomic(args.json, json.dumps(payload, indent=2).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _record(r: Any) -> Dict[str, Optional[Any]]:
+    return {
+        "epoch": r.epoch,
+        "step": r.step,
+        "loss": r.loss,
+        "train_accuracy": r.train_accuracy,
+        "snn_accuracy": {str(t): a for t, a in r.snn_accuracy.items()},
+        "fit_rmse": r.fit_rmse,
+    }
