@@ -19,7 +19,8 @@ from torch import nn
 from . import ops
 from .tracing import register_leaf_module
 
-_INDEXED_POOLS = (
+#: Max-pooling modules that can report the position of each maximum (``return_indices``).
+INDEXED_POOLS = (
     nn.MaxPool1d,
     nn.MaxPool2d,
     nn.MaxPool3d,
@@ -155,8 +156,10 @@ class SpikingMaxPool(_PoolState):
 
 
 def _has_fused_kernel(pool: nn.Module, x: torch.Tensor) -> bool:
+    # The fused op has no backward: where a gradient is wanted, the torch composition runs.
     return (
-        type(pool) is nn.MaxPool2d
+        not (x.requires_grad and torch.is_grad_enabled())
+        and type(pool) is nn.MaxPool2d
         and not pool.return_indices
         and x.dim() == 4
         and x.dtype == torch.float32
@@ -180,8 +183,8 @@ class GatedMaxPool(_PoolState):
     """
 
     def __init__(self, pool: nn.Module) -> None:
-        if type(pool) not in _INDEXED_POOLS:
-            names = ", ".join(t.__name__ for t in _INDEXED_POOLS)
+        if type(pool) not in INDEXED_POOLS:
+            names = ", ".join(t.__name__ for t in INDEXED_POOLS)
             raise TypeError(
                 f"GatedMaxPool needs one of {names}, got {type(pool).__name__}; "
                 "use maxpool='cumulative' for this pooling"

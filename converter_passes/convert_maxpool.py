@@ -34,7 +34,7 @@ from torch import fx, nn
 
 from ann2snn.errors import ConversionError
 from ann2snn.neuron import Activation, IFNeuron
-from ann2snn.pooling import AMax, GatedMaxPool, SpikingMaxPool
+from ann2snn.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
 from ann2snn.tracing import add_submodule, describe_node, finish, is_module, replace_submodule
 
 from .op_support import kind_of
@@ -48,15 +48,7 @@ MAXPOOL_METHODS: Dict[str, str] = {
 }
 DEFAULT_MAXPOOL = "auto"
 
-_MODULE_POOLS = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    AMax,
-)
+_MODULE_POOLS = INDEXED_POOLS + (AMax,)
 _WINDOW_FUNCTIONS = {
     F.max_pool1d: nn.MaxPool1d,
     F.max_pool2d: nn.MaxPool2d,

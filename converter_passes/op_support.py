@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from ann2snn.affine import ChannelAffine
 from ann2snn.neuron import Activation, IFNeuron, RepeatInTime, Scale
-from ann2snn.pooling import AMax, GatedMaxPool, SpikingMaxPool
+from ann2snn.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
 
 Check = Callable[[fx.GraphModule, fx.Node], Optional[str]]
 
@@ -248,17 +248,7 @@ register_op(
     Scale,
     kind="linear",
 )
-register_op(
-    "call_module",
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    kind="maxpool",
-    check=_values_only,
-)
+register_op("call_module", *INDEXED_POOLS, kind="maxpool", check=_values_only)
 register_op("call_module", AMax, kind="maxpool")
 register_op(
     "call_function",
@@ -275,9 +265,7 @@ register_op(
     kind="maxpool",
 )
 register_op("call_method", "amax", kind="maxpool")
-register_op(
-    "call_module", IFNeuron, RepeatInTime, SpikingMaxPool, GatedMaxPool, kind="spiking"
-)
+register_op("call_module", IFNeuron, RepeatInTime, SpikingMaxPool, GatedMaxPool, kind="spiking")
 register_op(
     "call_function",
     operator.add,

@@ -26,6 +26,7 @@ from .hoist_static_prefix import hoist_static_prefix
 from .insert_observers import insert_observers
 from .layer_sweep import DEFAULT_SWEEP_SAMPLES, collect_inputs
 from .normalize_activations import normalize_activations
+from .rebind_batch_sizes import rebind_batch_sizes
 from .replace_relu_with_if import replace_relu_with_if
 
 
@@ -106,6 +107,7 @@ def _calibrate_layers(gm: fx.GraphModule, ctx: ConversionContext) -> fx.GraphMod
 PIPELINE: Tuple[Stage, ...] = (
     Stage("canonicalize_activations", lambda gm, ctx: canonicalize_activations(gm)),
     Stage("propagate_shapes", _propagate),
+    Stage("rebind_batch_sizes", lambda gm, ctx: rebind_batch_sizes(gm)),
     Stage(
         "add_output_neurons",
         lambda gm, ctx: add_output_neurons(gm) if ctx.readout == "spikes" else gm,

@@ -133,3 +133,16 @@ def test_clear_errors(args, message, impl):
     fn = cumulative_max_pool2d if impl == "op" else cumulative_max_pool2d_reference
     with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
         fn(*args, (2, 2), (2, 2), (0, 0), (1, 1), False)
+
+
+def test_spiking_max_pool_is_differentiable_where_a_gradient_is_wanted():
+    x, _, _ = _inputs((4, 2, 3, 8, 8), GEOMETRIES[0], seed=7)
+    x = x.flatten(0, 1).requires_grad_()
+    pool = SpikingMaxPool(nn.MaxPool2d(2))
+    pool.steps = 4
+    out = pool(x)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    pool.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), out.detach(), rtol=0, atol=1e-5)
