@@ -206,9 +206,28 @@ def _values_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return None
 
 
+def _keeps_batch_dim(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    """A reduction must not reduce dim 0: in the time loop it stacks ``steps * B`` rows."""
+    what = f"{node.target if isinstance(node.target, str) else node.target.__name__}"
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if dim is None:
+        return f"{what} over all dimensions reduces the batch dimension 0"
+    dims = (dim,) if isinstance(dim, int) else tuple(dim) if isinstance(dim, (tuple, list)) else ()
+    meta = getattr(node.args[0], "meta", {}).get("tensor_meta") if node.args else None
+    ndim = len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    for d in dims:
+        if not isinstance(d, int):
+            continue
+        if d == 0 or (ndim is not None and d == -ndim):
+            return f"{what} over dim={dim} reduces the batch dimension 0"
+    return None
+
+
 def _average_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     dtype = node.kwargs.get("dtype")
-    return None if dtype is None else "mean with a dtype argument"
+    if dtype is not None:
+        return "mean with a dtype argument"
+    return _keeps_batch_dim(gm, node)
 
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -299,11 +318,12 @@ register_op(
     F.conv2d,
     F.conv3d,
     F.batch_norm,
-    torch.sum,
     kind="linear",
 )
 register_op("call_function", torch.mean, kind="linear", check=_average_only)
 register_op("call_method", "mean", kind="linear", check=_average_only)
+register_op("call_function", torch.sum, kind="linear", check=_keeps_batch_dim)
+register_op("call_method", "sum", kind="linear", check=_keeps_batch_dim)
 register_op("call_function", F.pad, kind="linear", check=_constant_pad)
 register_op(
     "call_function",
@@ -332,7 +352,6 @@ register_op(
     "unsqueeze",
     "chunk",
     "split",
-    "sum",
     "expand",
     "expand_as",
     "view_as",

@@ -125,3 +125,32 @@ def test_non_relu_nonlinearities_are_all_named_in_one_error():
         assert name in msg
     assert "multiplies two signals" in msg
     assert msg.startswith("8 operation(s)")  # 6 modules, the product, tanh; not getitem
+
+
+def test_reductions_over_the_batch_dimension_are_refused():
+    """In the time loop dim 0 holds steps * B rows: reducing it would mix time steps."""
+
+    class Reductions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            y = F.relu(self.conv(x))
+            spatial = y.mean((2, 3)) + torch.sum(y, dim=(-1, -2))  # fine
+            whole = y.sum()  # LINE-ALL
+            first = torch.mean(y, dim=0)  # LINE-DIM0
+            last = y.mean(-4)  # LINE-NEG
+            return spatial + whole + first.sum(1).sum(1) + last.sum((1, 2))
+
+    import torch.fx as fx
+
+    gm = canonicalize_activations(trace(Reductions().eval()))
+    fx.passes.shape_prop.ShapeProp(gm).propagate(torch.rand(2, 1, 6, 6))
+    with pytest.raises(ConversionError) as err:
+        check_supported(gm)
+    msg = str(err.value)
+    assert msg.startswith("3 operation(s) of Reductions cannot be converted"), msg
+    for marker in ("LINE-ALL", "LINE-DIM0", "LINE-NEG"):
+        assert marker in msg
+    assert "reduces the batch dimension 0" in msg
