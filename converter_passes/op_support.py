@@ -27,15 +27,7 @@ from ann2snn.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
 
 Check = Callable[[fx.GraphModule, fx.Node], Optional[str]]
 
-_SHAPE_ARITHMETIC = (
-    operator.getitem,
-    operator.add,
-    operator.sub,
-    operator.mul,
-    operator.floordiv,
-    operator.truediv,
-    operator.mod,
-    operator.neg,
+_COMPARISONS = (
     operator.eq,
     operator.ne,
     operator.lt,
@@ -46,6 +38,16 @@ _SHAPE_ARITHMETIC = (
     operator.and_,
     operator.or_,
 )
+_SHAPE_ARITHMETIC = (
+    operator.getitem,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.floordiv,
+    operator.truediv,
+    operator.mod,
+    operator.neg,
+) + _COMPARISONS
 
 
 @dataclass(frozen=True)
@@ -366,21 +368,7 @@ register_op("call_function", operator.getitem, kind="shape")
 register_op("call_function", getattr, kind="shape", check=_shape_getattr)
 register_op("call_function", operator.floordiv, kind="shape")
 # Shape checks (``torch._assert(x.shape[2] == 224, ...)``) run on sizes, not on signals.
-register_op(
-    "call_function",
-    torch._assert,
-    operator.eq,
-    operator.ne,
-    operator.lt,
-    operator.le,
-    operator.gt,
-    operator.ge,
-    operator.not_,
-    operator.and_,
-    operator.or_,
-    kind="shape",
-    check=_shape_only,
-)
+register_op("call_function", torch._assert, *_COMPARISONS, kind="shape", check=_shape_only)
 
 
 _TORCHVISION_REGISTERED = []
