@@ -19,9 +19,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import fx
 
-from ann2snn.tracing import finish
-
-from .layer_sweep import LayerData, LayerSweep
+from .layer_sweep import LayerData
 from .search_thresholds import best_candidate
 
 #: Initial potentials tried, as fractions of the threshold.
@@ -61,33 +59,3 @@ class PotentialCalibration:
         v_init = best_candidate(errors, self.candidates.double(), default).float()
         self.chosen[node.name] = v_init
         layer.neuron.v_init_channels = v_init.contiguous()
-
-
-def calibrate_potentials(
-    gm: fx.GraphModule,
-    reference: fx.GraphModule,
-    inputs: Sequence[torch.Tensor],
-    timesteps: int,
-    candidates: Sequence[float] = DEFAULT_POTENTIAL_CANDIDATES,
-    progress: bool = False,
-) -> fx.GraphModule:
-    """Set every IF channel's initial potential for ``timesteps`` steps on calibration inputs.
-
-    Args:
-        gm: the flat spiking graph (after ``replace_relu_with_if``, before hoisting).
-        reference: the normalized ANN graph (see :class:`~.layer_sweep.LayerSweep`).
-        inputs: calibration input batches (:func:`~.layer_sweep.collect_inputs`).
-        timesteps: the target number of time steps T.
-        candidates: initial potentials tried (fractions of the threshold).
-        progress: show a progress bar.
-
-    Returns:
-        ``gm`` with per-channel initial potentials (``IFNeuron.v_init_channels``).
-
-    Raises:
-        ValueError: for a bad ``timesteps`` or ``candidates``.
-    """
-    LayerSweep(gm, reference, inputs, timesteps).run(
-        [PotentialCalibration(candidates)], progress=progress
-    )
-    return finish(gm)

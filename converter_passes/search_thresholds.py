@@ -14,24 +14,16 @@ network computes the same function as before up to clipping.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from ann2snn.neuron import IFNeuron, Scale
-from ann2snn.tracing import add_submodule, finish, is_module
+from ann2snn.tracing import add_submodule, is_module
 
-from .layer_sweep import LayerData, LayerSweep
-from .normalize_activations import (
-    _WEIGHTED,
-    _flattened_factor,
-    _is_flatten,
-    _module_used_once,
-    _output_dims,
-    _per_channel_ops,
-    scale_input_channels,
-)
+from .layer_sweep import LayerData
+from .normalize_activations import _consumer_fold, _module_used_once, scale_input_channels
 
 #: Threshold factors tried, relative to the normalization scale (e.g. the 99.9th percentile).
 DEFAULT_THRESHOLD_CANDIDATES: Tuple[float, ...] = (
@@ -133,7 +125,7 @@ def scale_neuron_output(gm: fx.GraphModule, node: fx.Node, factor: torch.Tensor)
         if _module_used_once(gm, str(users[0].target)):
             scale.scale = (scale.scale.reshape(-1) * factor).contiguous()
             return
-    folds = [_consumer_layer(gm, user, node, factor) for user in users]
+    folds = [_consumer_fold(gm, user, node, factor) for user in users]
     if users and all(f is not None for f in folds):
         for layer, f in folds:
             scale_input_channels(layer, f)
@@ -143,70 +135,6 @@ def scale_neuron_output(gm: fx.GraphModule, node: fx.Node, factor: torch.Tensor)
         scale_node = gm.graph.call_module(name, (node,))
     scale_node.meta = dict(node.meta)
     node.replace_all_uses_with(scale_node, delete_user_cb=lambda u: u is not scale_node)
-
-
-def _consumer_layer(
-    gm: fx.GraphModule, user: fx.Node, source: fx.Node, factor: torch.Tensor
-) -> Optional[Tuple[nn.Module, torch.Tensor]]:
-    """The Conv/Linear that ``source`` reaches through ``user`` and per-channel pooling or
-    flattening, with ``factor`` per input feature; None when it cannot be folded."""
-    prev, cur, f = source, user, factor
-    while cur.args and cur.args[0] is prev and len(cur.users) == 1:
-        if _per_channel_ops(gm, cur):
-            pass
-        elif _is_flatten(gm, cur):
-            f = _flattened_factor(prev, cur, f)
-            if f is None:
-                return None
-        else:
-            break
-        prev, cur = cur, next(iter(cur.users))
-    if not is_module(gm, cur, _WEIGHTED) or not cur.args or cur.args[0] is not prev:
-        return None
-    if not _module_used_once(gm, str(cur.target)):
-        return None
-    layer = gm.get_submodule(str(cur.target))
-    if f.numel() > 1:
-        if isinstance(layer, nn.Linear):
-            if layer.in_features != f.numel() or _output_dims(prev) != 2:
-                return None
-        elif layer.in_channels != f.numel():
-            return None
-    return layer, f
-
-
-def search_thresholds(
-    gm: fx.GraphModule,
-    reference: fx.GraphModule,
-    inputs: Sequence[torch.Tensor],
-    timesteps: int,
-    candidates: Sequence[float] = DEFAULT_THRESHOLD_CANDIDATES,
-    per_channel: Optional[bool] = None,
-    progress: bool = False,
-) -> fx.GraphModule:
-    """Tune every IF layer's threshold for ``timesteps`` steps on calibration inputs.
-
-    Args:
-        gm: the flat spiking graph (after ``replace_relu_with_if``, before hoisting).
-        reference: the normalized ANN graph (see :class:`~.layer_sweep.LayerSweep`).
-        inputs: calibration input batches (:func:`~.layer_sweep.collect_inputs`).
-        timesteps: the target number of time steps T.
-        candidates: threshold factors tried.
-        per_channel: one factor per channel; default: where thresholds are per channel.
-        progress: show a progress bar.
-
-    Returns:
-        ``gm`` with scaled thresholds and consumer weights.
-
-    Raises:
-        ValueError: for a bad ``timesteps`` or ``candidates``.
-    """
-    if per_channel is None:
-        per_channel = _has_channel_thresholds(gm)
-    LayerSweep(gm, reference, inputs, timesteps).run(
-        [ThresholdSearch(candidates, per_channel)], progress=progress
-    )
-    return finish(gm)
 
 
 def _has_channel_thresholds(gm: fx.GraphModule) -> bool:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from ann2snn.converter_passes.calibrate_layers import calibrate_layers
 from ann2snn.converter_passes.calibrate_potentials import (
     DEFAULT_POTENTIAL_CANDIDATES,
     PotentialCalibration,
-    calibrate_potentials,
 )
 from ann2snn.converter_passes.layer_sweep import LayerSweep
 from ann2snn.neuron import IFNeuron
@@ -65,7 +65,7 @@ def test_calibrated_potentials_lower_the_error_at_the_target_timesteps(fmnist_tr
     x = fmnist_test.tensors[0][:500]
     ann = ann_mode(reference, x)
     plain = copy.deepcopy(gm)
-    calibrate_potentials(gm, reference, inputs, timesteps=4)
+    calibrate_layers(gm, reference, inputs, 4, threshold_search=False)
     neurons = [m for m in gm.modules() if isinstance(m, IFNeuron)]
     assert neurons and all(m.v_init_channels is not None for m in neurons)
     for m in neurons:

@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
+from ann2snn.converter_passes.calibrate_layers import calibrate_layers
 from ann2snn.converter_passes.search_thresholds import (
     DEFAULT_THRESHOLD_CANDIDATES,
     best_candidate,
     scale_neuron_output,
-    search_thresholds,
 )
 from ann2snn.neuron import IFNeuron, Scale
 from ann2snn.tracing import is_module
@@ -107,7 +107,7 @@ def test_search_lowers_the_error_at_the_target_timesteps(channelwise, fmnist_tra
     x = fmnist_test.tensors[0][:500]
     ann = ann_mode(reference, x)
     plain = copy.deepcopy(gm)
-    search_thresholds(gm, reference, inputs, timesteps=4)
+    calibrate_layers(gm, reference, inputs, 4, potential_calibration=False)
     neurons = [m for m in gm.modules() if isinstance(m, IFNeuron)]
     plain_neurons = [m for m in plain.modules() if isinstance(m, IFNeuron)]
     for m, p in zip(neurons, plain_neurons):
