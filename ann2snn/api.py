@@ -93,16 +93,12 @@ def convert(
     work = copy.deepcopy(ann)
     device = next((p.device for p in work.parameters()), torch.device("cpu"))
     gm = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
-    ctx = ConversionContext(
-        mode=norm,
-        calib_data=calib_data,
-        example_input=example.to(device),
-        calib_batches=calib_batches,
+    # The options that shape the network: passed to the passes and recorded in meta (so a
+    # saved SNN rebuilds with the same ones).
+    options = dict(
         channelwise=channelwise,
         v_init=v_init,
         fold_scales=fold_scales,
-        progress=progress,
-        device=device,
         maxpool=maxpool,
         target_timesteps=target_timesteps,
         threshold_search=threshold_search,
@@ -110,19 +106,20 @@ def convert(
         sweep_samples=sweep_samples,
         readout=readout,
     )
+    ctx = ConversionContext(
+        mode=norm,
+        calib_data=calib_data,
+        example_input=example.to(device),
+        calib_batches=calib_batches,
+        progress=progress,
+        device=device,
+        **options,
+    )
     with torch.no_grad():
         gm = run_pipeline(gm, ctx)
     meta = {
         "mode": norm.text,
-        "channelwise": channelwise,
-        "v_init": v_init,
-        "fold_scales": fold_scales,
-        "maxpool": maxpool,
-        "target_timesteps": target_timesteps,
-        "threshold_search": threshold_search,
-        "potential_calibration": potential_calibration,
-        "sweep_samples": sweep_samples,
-        "readout": readout,
+        **options,
         "input_shape": list(example.shape[1:]),
         "model_class": type(model).__name__,
     }
