@@ -88,23 +88,11 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         metavar="N",
         help="calibrate on the first N examples only (default: all; 2,000 is usually enough)",
     )
-    channelwise = api_default("channelwise")
-    scope = g.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--channelwise",
-        dest="channelwise",
-        action="store_const",
-        const=True,
-        help="one normalization scale per channel"
-        + (" (the default)" if channelwise is True else ""),
-    )
-    scope.add_argument(
-        "--layerwise",
-        dest="channelwise",
-        action="store_const",
-        const=False,
-        help="one normalization scale per layer"
-        + (" (the default)" if channelwise is False else ""),
+    _switch(
+        g,
+        "channelwise",
+        ("--channelwise", "one normalization scale per channel"),
+        ("--layerwise", "one normalization scale per layer"),
     )
     g.add_argument(
         "--v-init",
@@ -134,22 +122,11 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         ("potential-calibration", "per-channel initial membrane potentials fitted on data"),
         ("threshold-search", "per-layer threshold factors searched on data"),
     ):
-        dest = name.replace("-", "_")
-        on = api_default(dest) is True
-        flags = g.add_mutually_exclusive_group()
-        flags.add_argument(
-            f"--{name}",
-            dest=dest,
-            action="store_const",
-            const=True,
-            help=what + (" (the default)" if on else ""),
-        )
-        flags.add_argument(
-            f"--no-{name}",
-            dest=dest,
-            action="store_const",
-            const=False,
-            help=f"no {name.replace('-', ' ')}" + ("" if on else " (the default)"),
+        _switch(
+            g,
+            name.replace("-", "_"),
+            (f"--{name}", what),
+            (f"--no-{name}", f"no {name.replace('-', ' ')}"),
         )
     g.add_argument(
         "--readout",
@@ -166,6 +143,21 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         help="keep normalization scales as neuron thresholds instead of folding them into "
         "the weights",
     )
+
+
+def _switch(group: Any, dest: str, on: Tuple[str, str], off: Tuple[str, str]) -> None:
+    """A pair of exclusive flags setting the boolean option ``dest`` of ``ann2snn.convert``
+    to True (``on = (flag, help)``) or False (``off``); the default's help says so."""
+    default = api_default(dest)
+    flags = group.add_mutually_exclusive_group()
+    for (flag, text), value in ((on, True), (off, False)):
+        flags.add_argument(
+            flag,
+            dest=dest,
+            action="store_const",
+            const=value,
+            help=text + (" (the default)" if default is value else ""),
+        )
 
 
 def _maxpool_methods() -> Dict[str, str]:
