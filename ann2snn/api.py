@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable, Optional, Type, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ def convert(
     fold_scales: bool = True,
     maxpool: str = "auto",
     target_timesteps: int = 4,
+    calibration_horizons: Sequence[int] = (1, 2, 4),
     threshold_search: bool = False,
     potential_calibration: bool = True,
     sweep_samples: int = 512,
@@ -50,6 +51,9 @@ def convert(
             ``ann2snn.converter_passes.convert_maxpool`` and docs/architectures.md).
         target_timesteps: the number of time steps T that ``threshold_search`` and
             ``potential_calibration`` tune the network for (the SNN still runs at any T).
+        calibration_horizons: both techniques minimize the error summed over the first
+            ``m * target_timesteps`` steps for each multiple ``m`` given (default: after
+            T, 2T and 4T steps), so a choice that only pays off at exactly T loses.
         threshold_search: per layer (per channel with ``channelwise``), scale the
             threshold by the factor whose firing rate best matches the ANN after
             ``target_timesteps`` steps, layer after layer on the calibration data.
@@ -76,11 +80,13 @@ def convert(
         >>> out = snn(images, timesteps=32)  # doctest: +SKIP
     """
     from ann2snn.converter_passes.convert_maxpool import check_maxpool_method
+    from ann2snn.converter_passes.layer_sweep import check_horizons
     from ann2snn.converter_passes.pipeline import ConversionContext, run_pipeline
 
     norm = parse_mode(mode)
     check_maxpool_method(maxpool)
     _check_calibration_options(target_timesteps, sweep_samples, readout)
+    horizons = check_horizons(calibration_horizons)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if calib_data is None:
@@ -101,6 +107,7 @@ def convert(
         fold_scales=fold_scales,
         maxpool=maxpool,
         target_timesteps=target_timesteps,
+        calibration_horizons=list(horizons),
         threshold_search=threshold_search,
         potential_calibration=potential_calibration,
         sweep_samples=sweep_samples,

@@ -118,6 +118,13 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         f"network for (default: {_default_text('target_timesteps')}; the SNN still runs at "
         "any T)",
     )
+    g.add_argument(
+        "--calibration-horizons",
+        type=_horizons,
+        metavar="M,M,...",
+        help="multiples of --target-timesteps after which the calibration error is summed "
+        "(default: 1,2,4: tuned for T, 2T and 4T steps at once; 1 tunes for T alone)",
+    )
     for name, what in (
         ("potential-calibration", "per-channel initial membrane potentials fitted on data"),
         ("threshold-search", "per-layer threshold factors searched on data"),
@@ -276,6 +283,18 @@ def _positive_int(text: str) -> int:
 
 
 positive_int = _positive_int
+
+
+def _horizons(text: str) -> List[int]:
+    try:
+        values = [int(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 1,2,4, got {text!r}"
+        )
+    return values
 
 
 def _positive_float(text: str) -> float:
@@ -486,6 +505,7 @@ def conversion_options(args: argparse.Namespace) -> Dict[str, Any]:
         "fold_scales",
         "maxpool",
         "target_timesteps",
+        "calibration_horizons",
         "potential_calibration",
         "threshold_search",
         "readout",
@@ -614,7 +634,10 @@ def format_options(meta: Dict[str, Any]) -> str:
         if meta.get(key)
     ]
     if tuned:
-        parts.append(" + ".join(tuned) + f" for T={meta.get('target_timesteps')}")
+        target = meta.get("target_timesteps")
+        multiples = meta.get("calibration_horizons") or [1]
+        steps = "/".join(str(target * m) for m in multiples) if isinstance(target, int) else target
+        parts.append(" + ".join(tuned) + f" for T={steps}")
     if meta.get("readout") == "spikes":
         parts.append("spike-count readout")
     return ", ".join(parts)

@@ -10,7 +10,7 @@ from torch import fx
 from ann2snn.tracing import finish
 
 from .calibrate_potentials import PotentialCalibration
-from .layer_sweep import LayerCalibrator, LayerSweep
+from .layer_sweep import DEFAULT_HORIZONS, LayerCalibrator, LayerSweep
 from .search_thresholds import ThresholdSearch, _has_channel_thresholds
 
 
@@ -20,6 +20,7 @@ def calibrate_layers(
     inputs: Sequence[torch.Tensor],
     timesteps: int,
     *,
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
     threshold_search: bool = True,
     potential_calibration: bool = True,
     per_channel: Optional[bool] = None,
@@ -37,6 +38,8 @@ def calibrate_layers(
         reference: the normalized ANN graph (see :class:`~.layer_sweep.LayerSweep`).
         inputs: calibration input batches (:func:`~.layer_sweep.collect_inputs`).
         timesteps: the target number of time steps T.
+        horizons: multiples of T whose errors are summed (1, 2 and 4 by default; see
+            :mod:`.layer_sweep`).
         threshold_search: run the threshold search.
         potential_calibration: run the potential calibration.
         per_channel: one threshold factor per channel (default: where thresholds are per
@@ -47,7 +50,7 @@ def calibrate_layers(
         ``gm``, calibrated (unchanged when both techniques are off).
 
     Raises:
-        ValueError: for a bad ``timesteps``.
+        ValueError: for a bad ``timesteps`` or ``horizons``.
     """
     steps: list[LayerCalibrator] = []
     if threshold_search:
@@ -57,5 +60,5 @@ def calibrate_layers(
         steps.append(PotentialCalibration())
     if not steps:
         return gm
-    LayerSweep(gm, reference, inputs, timesteps).run(steps, progress=progress)
+    LayerSweep(gm, reference, inputs, timesteps, horizons).run(steps, progress=progress)
     return finish(gm)

@@ -10,6 +10,12 @@ input currents ``[T, B, ...]`` and the reference rates ``[B, ...]`` for every ca
 batch, then hands them to each calibrator before moving on, so every layer sees its
 predecessors' final parameters.
 
+The error a calibrator minimizes is summed over several horizons: the prefixes of one
+simulation of ``T * m`` steps for every multiple ``m`` in ``horizons`` (default 1, 2 and 4
+times the target T). A choice that is right at exactly T steps and wrong at 2T (a
+potential that happens to round well after 4 steps, a threshold that clips) is then
+outvoted, and the curve improves at and beyond the target instead of only at it.
+
 Not a pass itself: the passes build a sweep and call :meth:`LayerSweep.run`.
 """
 
@@ -27,6 +33,8 @@ from ann2snn.tracing import is_module
 
 #: Calibration images simulated by default (a subset of the calibration data).
 DEFAULT_SWEEP_SAMPLES = 512
+#: Horizons of the calibration error, as multiples of the target number of steps.
+DEFAULT_HORIZONS = (1, 2, 4)
 _SWEEP_BATCH = 128
 
 
@@ -51,7 +59,9 @@ class LayerData:
         targets: per batch, the ANN's activation at this layer in units of
             :attr:`reference_threshold` (its rate), ``[B, C, ...]``.
         reference_threshold: per-channel threshold ``[C]`` the targets are measured in.
-        timesteps: T.
+        timesteps: T, the number of steps simulated (the currents' first dimension).
+        horizons: the prefix lengths whose errors :meth:`squared_errors` sums, the
+            shortest first (default: ``(timesteps,)``).
     """
 
     def __init__(
@@ -61,12 +71,16 @@ class LayerData:
         targets: List[torch.Tensor],
         reference_threshold: torch.Tensor,
         timesteps: int,
+        horizons: Optional[Sequence[int]] = None,
     ) -> None:
         self.neuron = neuron
         self.currents = currents
         self.targets = targets
         self.reference_threshold = reference_threshold
         self.timesteps = timesteps
+        self.horizons = tuple(sorted(horizons)) if horizons else (timesteps,)
+        if self.horizons[0] < 1 or self.horizons[-1] > timesteps:
+            raise ValueError(f"horizons {self.horizons} must lie in 1..{timesteps}")
 
     @property
     def channels(self) -> int:
@@ -106,17 +120,42 @@ class LayerData:
         """Per channel, the summed squared error of the rate (times ``gain``) vs the ANN.
 
         Simulates the layer for every calibration batch with per-channel ``threshold`` and
-        initial potential ``v_init`` (fractions), over :attr:`timesteps` steps.
+        initial potential ``v_init`` (fractions), over :attr:`timesteps` steps, and sums
+        the errors of the rates after each of :attr:`horizons` steps. A rate's error
+        shrinks about as ``1/h`` with the horizon ``h``, its square as ``1/h**2``; each
+        square is weighted by ``h / horizons[0]``, so the shortest horizon (the target)
+        counts most and the longer ones still outvote choices that only pay off there.
         """
         total = torch.zeros(self.channels, dtype=torch.float64)
         th = threshold.float().contiguous()
+        first = self.horizons[0]
         for z, a in zip(self.currents, self.targets):
             v0 = (_channel_view(v_init.float(), z[0]) * _channel_view(th, z[0])).expand(z.shape[1:])
             spikes, _ = if_multistep(z, v0.contiguous(), th.to(z.device))
-            err = spikes.mean(0) * _channel_view(gain.to(z.device), a) - a
-            dims = (0,) + tuple(range(2, err.dim()))
-            total += err.pow(2).sum(dims).double().cpu()
+            g = _channel_view(gain.to(z.device), a)
+            dims = (0,) + tuple(range(2, a.dim()))
+            for h in self.horizons:
+                err = spikes[:h].sum(0) * (g / h) - a
+                total += (h / first) * err.pow(2).sum(dims).double().cpu()
         return total
+
+
+def check_horizons(horizons: Any) -> tuple:
+    """Validate calibration horizons: distinct positive integers, returned sorted.
+
+    Raises:
+        ValueError: for an empty sequence or an entry that is not a positive integer.
+    """
+    try:
+        values = tuple(horizons)
+    except TypeError:
+        values = ()
+    if not values or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in values):
+        raise ValueError(
+            "calibration_horizons must be a non-empty sequence of positive integers "
+            f"(multiples of target_timesteps, e.g. (1, 2, 4)), got {horizons!r}"
+        )
+    return tuple(sorted(set(values)))
 
 
 def collect_inputs(
@@ -165,9 +204,11 @@ class LayerSweep:
             activation nodes have the same names as the IF nodes of ``gm``.
         inputs: calibration input batches (see :func:`collect_inputs`).
         timesteps: the number of steps T the layers are tuned for.
+        horizons: multiples of ``timesteps`` whose errors are summed (see the module's
+            docstring); the sweep simulates ``timesteps * max(horizons)`` steps.
 
     Raises:
-        ValueError: for a bad ``timesteps``.
+        ValueError: for a bad ``timesteps`` or ``horizons``.
     """
 
     def __init__(
@@ -176,13 +217,16 @@ class LayerSweep:
         reference: fx.GraphModule,
         inputs: Sequence[torch.Tensor],
         timesteps: int,
+        horizons: Sequence[int] = DEFAULT_HORIZONS,
     ) -> None:
         if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
             raise ValueError(f"target timesteps must be a positive integer, got {timesteps!r}")
+        multiples = check_horizons(horizons)
         self.gm = gm
         self.reference = reference
         self.inputs = list(inputs)
-        self.timesteps = timesteps
+        self.horizons = tuple(timesteps * m for m in multiples)
+        self.timesteps = self.horizons[-1]  # steps simulated
         self.nodes = [n for n in gm.graph.nodes if is_module(gm, n, IFNeuron)]
         ref_nodes = {n.name: n for n in reference.graph.nodes}
         missing = [n.name for n in self.nodes if n.name not in ref_nodes]
@@ -284,6 +328,7 @@ class LayerSweep:
         ]
         channels = currents[0].shape[2] if currents[0].dim() > 2 else 1
         neuron = self.gm.get_submodule(str(node.target))
-        layer = LayerData(neuron, currents, targets, self._reference_threshold(node, channels), t)
+        reference = self._reference_threshold(node, channels)
+        layer = LayerData(neuron, currents, targets, reference, t, self.horizons)
         for calibrator in calibrators:
             calibrator.calibrate(self.gm, node, layer)

@@ -24,7 +24,7 @@ from .fold_affine_batchnorm import fold_affine_batchnorm
 from .fold_batchnorm import fold_batchnorm
 from .hoist_static_prefix import hoist_static_prefix
 from .insert_observers import insert_observers
-from .layer_sweep import DEFAULT_SWEEP_SAMPLES, collect_inputs
+from .layer_sweep import DEFAULT_HORIZONS, DEFAULT_SWEEP_SAMPLES, collect_inputs
 from .normalize_activations import normalize_activations
 from .rebind_batch_sizes import rebind_batch_sizes
 from .replace_relu_with_if import replace_relu_with_if
@@ -45,6 +45,7 @@ class ConversionContext:
     device: Optional[torch.device] = None
     maxpool: str = DEFAULT_MAXPOOL
     target_timesteps: int = 4
+    calibration_horizons: Tuple[int, ...] = DEFAULT_HORIZONS
     threshold_search: bool = False
     potential_calibration: bool = False
     sweep_samples: int = DEFAULT_SWEEP_SAMPLES
@@ -97,6 +98,7 @@ def _calibrate_layers(gm: fx.GraphModule, ctx: ConversionContext) -> fx.GraphMod
         ctx.extras.pop("reference"),
         ctx.extras.pop("sweep_inputs"),
         ctx.target_timesteps,
+        horizons=ctx.calibration_horizons,
         threshold_search=ctx.threshold_search,
         potential_calibration=ctx.potential_calibration,
         progress=ctx.progress,

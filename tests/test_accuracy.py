@@ -42,11 +42,6 @@ def mnist():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 4): measured 98.94% at T=50 against the ANN's 99.05% on the full "
-    "MNIST test set, 1 image short of the 0.1-point bar (docs/accuracy.md)",
-)
 def test_mnist_within_a_tenth_of_a_point_at_t50(mnist):
     train, test = mnist
     curve = _curve("mnist_cnn", train, test, [50])

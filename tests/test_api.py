@@ -33,6 +33,13 @@ def test_convert_rejects_bad_arguments_clearly(fmnist_train):
         ann2snn.convert(model, "max", [])
     with pytest.raises(TypeError, match="torch.nn.Module"):
         ann2snn.convert(lambda x: x, "max", [torch.rand(2, 4)])
+    data = [torch.rand(2, 4)]
+    with pytest.raises(ValueError, match="target_timesteps must be a positive integer"):
+        ann2snn.convert(model, "max", data, target_timesteps=0)
+    with pytest.raises(ValueError, match="calibration_horizons must be a non-empty"):
+        ann2snn.convert(model, "max", data, calibration_horizons=(1, 0))
+    with pytest.raises(ValueError, match="invalid readout 'rate'"):
+        ann2snn.convert(model, "max", data, readout="rate")
 
 
 def test_untraceable_model_gets_the_fix_in_the_error():

@@ -311,6 +311,17 @@ def test_bad_timesteps(weights, capsys) -> None:
     assert_user_error(rc, err, "--timesteps '1,2,x'", "1,2,4,...,256")
 
 
+@pytest.mark.parametrize("value", ["1,x", "0", "2,-1", ""])
+def test_bad_calibration_horizons(tmp_path, weights, capsys, value) -> None:
+    before = {p.name for p in tmp_path.iterdir()}
+    args = convert_args(weights, tmp_path / "snn.pt", "--arch", FMNIST, "--calib", "mnist")
+    rc = main(args + ["--calibration-horizons", value, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "--calibration-horizons" in err and "positive integers such as 1,2,4" in err
+    assert_nothing_written(tmp_path, before)
+
+
 def test_usage_errors_exit_2(capsys) -> None:
     assert main(["convert", "model.pt"]) == 2  # -o is required
     assert "required" in capsys.readouterr().err

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import fx
 
-from ann2snn.converter_passes.layer_sweep import LayerSweep, collect_inputs
+from ann2snn.converter_passes.layer_sweep import LayerData, LayerSweep, collect_inputs
 from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
 from ann2snn.modes import parse_mode
 from ann2snn.neuron import IFNeuron
@@ -73,7 +73,7 @@ def test_sweep_sees_the_currents_the_simulator_computes(fmnist_train):
     calib = [fmnist_train.tensors[0][i : i + 250] for i in range(0, 500, 250)]
     gm, reference, inputs = flat_snn(model, calib, sweep_samples=64)
     rec = Recorder()
-    LayerSweep(gm, reference, inputs, timesteps=5).run([rec])
+    LayerSweep(gm, reference, inputs, timesteps=5, horizons=(1,)).run([rec])
     layers = [n.name for n in gm.graph.nodes if is_module(gm, n, IFNeuron)]
     assert list(rec.seen) == layers and len(layers) == 3  # every IF layer, in graph order
 
@@ -110,6 +110,44 @@ def test_sweep_sees_the_currents_the_simulator_computes(fmnist_train):
     torch.testing.assert_close(first.targets[0], torch.relu(first.currents[0][0]) / thr)
 
 
+def test_sweep_simulates_the_longest_horizon(fmnist_train):
+    model = pretrained("mnist_cnn")
+    calib = [fmnist_train.tensors[0][:64]]
+    gm, reference, inputs = flat_snn(model, calib, sweep_samples=16)
+    rec = Recorder()
+    sweep = LayerSweep(gm, reference, inputs, timesteps=3, horizons=(4, 1, 2))
+    assert sweep.horizons == (3, 6, 12)
+    sweep.run([rec])
+    for layer in rec.seen.values():
+        assert layer.currents[0].shape[0] == 12 and layer.horizons == (3, 6, 12)
+
+
+def test_squared_errors_sum_the_horizons_weighted_by_length():
+    torch.manual_seed(0)
+    currents = [torch.rand(8, 5, 3) * 1.2]  # [T, B, C]
+    targets = [torch.rand(5, 3)]
+    neuron = IFNeuron(threshold=torch.tensor([1.0, 0.8, 1.5]))
+    thr, v0, gain = neuron.threshold, torch.full((3,), 0.3), torch.tensor([1.0, 2.0, 0.5])
+
+    def by_hand(h):
+        v = (v0 * thr).expand(5, 3).clone()
+        count = torch.zeros(5, 3)
+        for t in range(h):
+            v = v + currents[0][t]
+            s = (v >= thr).float()
+            v = v - s * thr
+            count += s
+        return ((count / h) * gain - targets[0]).pow(2).sum(0).double()
+
+    one = LayerData(neuron, currents, targets, torch.ones(3), 8, horizons=(2,))
+    torch.testing.assert_close(one.squared_errors(thr, v0, gain), by_hand(2))
+    both = LayerData(neuron, currents, targets, torch.ones(3), 8, horizons=(2, 8))
+    expected = by_hand(2) + 4 * by_hand(8)  # each square weighted by h / shortest
+    torch.testing.assert_close(both.squared_errors(thr, v0, gain), expected)
+    with pytest.raises(ValueError, match="horizons"):
+        LayerData(neuron, currents, targets, torch.ones(3), 8, horizons=(2, 9))
+
+
 def test_sweep_rejects_bad_timesteps(fmnist_train):
     model = pretrained("mnist_cnn")
     calib = [fmnist_train.tensors[0][:64]]
@@ -117,3 +155,6 @@ def test_sweep_rejects_bad_timesteps(fmnist_train):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="positive integer"):
             LayerSweep(gm, reference, inputs, timesteps=bad)
+    for bad in ((), (0, 1), (1.5,), (True,), "12", None):
+        with pytest.raises(ValueError, match="calibration_horizons"):
+            LayerSweep(gm, reference, inputs, timesteps=4, horizons=bad)
