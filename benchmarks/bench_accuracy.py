@@ -28,7 +28,10 @@ call ``F.relu`` (or ``F.adaptive_avg_pool2d``) get equivalent modules first (sam
 same function).
 
 Writes ``<out>/accuracy.json`` (every curve), ``<out>/accuracy_<model>.png`` and prints
-Markdown tables (pasted into docs/accuracy.md).
+Markdown tables (pasted into docs/accuracy.md). Runs split into several processes (e.g. by
+``--configs``, each with its own ``--out``) are joined with ``--combine A.json B.json ...``:
+the curves of each model are merged (the runs must have used the same test and
+calibration sizes) and the tables and plots written as if from one run.
 """
 
 from __future__ import annotations
@@ -280,6 +283,32 @@ def plot(result: Dict[str, Any], path: str, timesteps: Sequence[int]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def combine(paths: Sequence[str]) -> Dict[str, Any]:
+    """Merge the ``accuracy.json`` files of split runs, model by model.
+
+    Raises:
+        ValueError: when two files measured one model on different test or calibration sets.
+    """
+    merged: Dict[str, Any] = {"command": [], "models": {}}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        merged["command"].append(data.get("command"))
+        for name, res in data.get("models", {}).items():
+            have = merged["models"].get(name)
+            if have is None:
+                merged["models"][name] = copy.deepcopy(res)
+                continue
+            for key in ("dataset", "calibration_images", "test_images"):
+                if have.get(key) != res.get(key):
+                    raise ValueError(
+                        f"{path}: {name} has {key}={res.get(key)!r}, another file "
+                        f"{have.get(key)!r}; only runs on the same images can be combined"
+                    )
+            have["curves"].update(res["curves"])
+    return merged
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -307,12 +336,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="docs", help="folder for the JSON and the plots")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: merge these accuracy.json files of split runs into --out",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ts = [int(t) for t in args.timesteps.split(",")]
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "accuracy.json")
+    if args.combine:
+        merged = combine(args.combine)
+        write_atomic(json_path, json.dumps(merged, indent=1).encode())
+        for res in merged["models"].values():
+            plot(res, os.path.join(args.out, f"accuracy_{res['model']}.png"), ts)
+            print(markdown(res, ts), flush=True)
+        return 0
     results: Dict[str, Any] = {}
     if os.path.isfile(json_path):
         with open(json_path) as f:

@@ -22,8 +22,10 @@ from torch import fx
 from .layer_sweep import LayerData
 from .search_thresholds import best_candidate
 
-#: Initial potentials tried, as fractions of the threshold.
-DEFAULT_POTENTIAL_CANDIDATES: Tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: Initial potentials tried, as fractions of the threshold: 0, 0.05, ..., 1. The 0.05 grid
+#: measured better at T=4 than a 0.1 grid from 0.1 to 0.9 (avgpool CNN 91.72% against
+#: 91.47%, max-pool CNN 91.56% against 91.30%, full test sets, docs/accuracy.md).
+DEFAULT_POTENTIAL_CANDIDATES: Tuple[float, ...] = tuple(i / 20 for i in range(21))
 
 
 def _check_potentials(candidates: Sequence[float]) -> Tuple[float, ...]:
