@@ -53,7 +53,9 @@ def convert(
             ``potential_calibration`` tune the network for (the SNN still runs at any T).
         calibration_horizons: both techniques minimize the error summed over the first
             ``m * target_timesteps`` steps for each multiple ``m`` given (default: after
-            T, 2T and 4T steps), so a choice that only pays off at exactly T loses.
+            T, 2T and 4T steps), so a choice that only pays off at exactly T loses. The
+            calibration simulates ``sweep_samples`` images for ``target_timesteps *
+            max(calibration_horizons)`` steps, and its memory grows with both.
         threshold_search: per layer (per channel with ``channelwise``), scale the
             threshold by the factor whose firing rate best matches the ANN after
             ``target_timesteps`` steps, layer after layer on the calibration data.

@@ -63,8 +63,8 @@ def _default_text(name: str) -> str:
 
 def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str) -> None:
     """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init /
-    --maxpool / --target-timesteps / --[no-]potential-calibration / --[no-]threshold-search /
-    --readout / --no-fold.
+    --maxpool / --target-timesteps / --calibration-horizons / --[no-]potential-calibration /
+    --[no-]threshold-search / --readout / --no-fold.
 
     Options left out take ``ann2snn.convert``'s defaults, so the command converts exactly
     as the Python API does.
@@ -123,7 +123,9 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         type=_horizons,
         metavar="M,M,...",
         help="multiples of --target-timesteps after which the calibration error is summed "
-        "(default: 1,2,4: tuned for T, 2T and 4T steps at once; 1 tunes for T alone)",
+        "(default: "
+        + ",".join(map(str, api_default("calibration_horizons")))
+        + "; 1,2,4 tunes for T, 2T and 4T steps at once, 1 for T alone)",
     )
     for name, what in (
         ("potential-calibration", "per-channel initial membrane potentials fitted on data"),
