@@ -134,8 +134,11 @@ class LayerData:
             spikes, _ = if_multistep(z, v0.contiguous(), th.to(z.device))
             g = _channel_view(gain.to(z.device), a)
             dims = (0,) + tuple(range(2, a.dim()))
-            for h in self.horizons:
-                err = spikes[:h].sum(0) * (g / h) - a
+            count, done = torch.zeros_like(a), 0
+            for h in self.horizons:  # sorted: each step's spikes are summed once
+                count += spikes[done:h].sum(0)
+                done = h
+                err = count * (g / h) - a
                 total += (h / first) * err.pow(2).sum(dims).double().cpu()
         return total
 

@@ -210,7 +210,7 @@ def _values_only(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
 
 def _keeps_batch_dim(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     """A reduction must not reduce dim 0: in the time loop it stacks ``steps * B`` rows."""
-    what = f"{node.target if isinstance(node.target, str) else node.target.__name__}"
+    what = node.target if isinstance(node.target, str) else node.target.__name__
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     if dim is None:
         return f"{what} over all dimensions reduces the batch dimension 0"
