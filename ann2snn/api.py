@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable, Optional, Sequence, Type, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type, Union
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .calibration import iter_inputs
 from .modes import parse_mode
@@ -81,26 +81,15 @@ def convert(
         >>> snn = ann2snn.convert(model, mode="99.9%", calib_data=loader)  # doctest: +SKIP
         >>> out = snn(images, timesteps=32)  # doctest: +SKIP
     """
-    from ann2snn.converter_passes.convert_maxpool import check_maxpool_method
     from ann2snn.converter_passes.layer_sweep import check_horizons
     from ann2snn.converter_passes.pipeline import ConversionContext, run_pipeline
 
-    norm = parse_mode(mode)
-    check_maxpool_method(maxpool)
     _check_calibration_options(target_timesteps, sweep_samples, readout)
     horizons = check_horizons(calibration_horizons)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if calib_data is None:
-        raise ValueError(
-            "convert() needs calib_data: a DataLoader or iterable of input batches used to "
-            "measure activation ranges (a few hundred to a few thousand training images)"
-        )
-    example = _example_input(calib_data)
+    norm, gm, example, device = _traced_copy(
+        "convert", model, mode, calib_data, maxpool, leaf_modules, concrete_args
+    )
     ann = copy.deepcopy(model).eval()
-    work = copy.deepcopy(ann)
-    device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    gm = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
     # The options that shape the network: passed to the passes and recorded in meta (so a
     # saved SNN rebuilds with the same ones).
     options = dict(
@@ -118,7 +107,7 @@ def convert(
     ctx = ConversionContext(
         mode=norm,
         calib_data=calib_data,
-        example_input=example.to(device),
+        example_input=example,
         calib_batches=calib_batches,
         progress=progress,
         device=device,
@@ -133,6 +122,42 @@ def convert(
         "model_class": type(model).__name__,
     }
     return SpikingModel(gm, ann=ann, meta=meta)
+
+
+def _traced_copy(
+    caller: str,
+    model: Any,
+    mode: Union[str, float],
+    calib_data: Optional[Iterable[Any]],
+    maxpool: str,
+    leaf_modules: Iterable[Type[nn.Module]],
+    concrete_args: Optional[Dict[str, Any]],
+) -> Tuple[Any, fx.GraphModule, torch.Tensor, torch.device]:
+    """Check the arguments every conversion shares and trace a deep copy of ``model``.
+
+    Returns:
+        ``(normalization mode, traced copy in eval mode, example input on the model's
+        device, that device)``.
+
+    Raises:
+        ValueError / TypeError: for a bad mode, max-pool method, model or calibration data.
+    """
+    from ann2snn.converter_passes.convert_maxpool import check_maxpool_method
+
+    norm = parse_mode(mode)
+    check_maxpool_method(maxpool)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if calib_data is None:
+        raise ValueError(
+            f"{caller}() needs calib_data: a DataLoader or iterable of input batches used to "
+            "measure activation ranges (a few hundred to a few thousand training images)"
+        )
+    example = _example_input(calib_data)
+    work = copy.deepcopy(model).eval()
+    device = next((p.device for p in work.parameters()), torch.device("cpu"))
+    gm = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    return norm, gm, example.to(device), device
 
 
 def _check_calibration_options(target_timesteps: Any, sweep_samples: Any, readout: Any) -> None:

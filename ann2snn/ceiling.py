@@ -21,14 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, Iterable, Optional, Type, Union
 
 import torch
 from torch import fx, nn
 
 from .neuron import Activation
-from .tracing import is_module, register_leaf_module, trace
+from .tracing import is_module, register_leaf_module, replace_submodule
 
 
 def round_rate(rate: torch.Tensor, levels: int) -> torch.Tensor:
@@ -90,25 +89,16 @@ def quantized_ann(
     Raises:
         ValueError, TypeError, ConversionError: as :func:`ann2snn.convert`.
     """
-    from .api import _example_input
-    from .converter_passes.convert_maxpool import check_maxpool_method
+    from .api import _traced_copy
     from .converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
-    from .modes import parse_mode
 
-    norm = parse_mode(mode)
-    check_maxpool_method(maxpool)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if calib_data is None:
-        raise ValueError("quantized_ann() needs calib_data, as convert() does")
-    example = _example_input(calib_data)
-    work = copy.deepcopy(model).eval()
-    device = next((p.device for p in work.parameters()), torch.device("cpu"))
-    gm = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    norm, gm, example, device = _traced_copy(
+        "quantized_ann", model, mode, calib_data, maxpool, leaf_modules, concrete_args
+    )
     ctx = ConversionContext(
         mode=norm,
         calib_data=calib_data,
-        example_input=example.to(device),
+        example_input=example,
         calib_batches=calib_batches,
         channelwise=channelwise,
         fold_scales=fold_scales,
@@ -121,9 +111,8 @@ def quantized_ann(
         gm = run_pipeline(gm, ctx, stages)
     for node in gm.graph.nodes:
         if is_module(gm, node, Activation):
-            parent, _, attr = str(node.target).rpartition(".")
-            owner = gm.get_submodule(parent) if parent else gm
-            setattr(owner, attr, RoundedActivation(gm.get_submodule(str(node.target))))
+            name = str(node.target)
+            replace_submodule(gm, name, RoundedActivation(gm.get_submodule(name)))
     gm.recompile()
     return gm.eval()
 

@@ -42,7 +42,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,48 @@ def _evaluate_spikingjelly(
     }
 
 
+class BenchData(NamedTuple):
+    """One model and its images, the same for every configuration and benchmark."""
+
+    ann: nn.Module
+    name: str
+    dataset: str
+    calib: DataLoader
+    test: DataLoader
+
+
+def load_bench_data(
+    spec: str,
+    dataset: Optional[str],
+    calib_size: int,
+    calib_batch: int,
+    test_limit: Optional[int],
+    batch_size: int,
+) -> BenchData:
+    """The ANN, ``calib_size`` seeded training images and the (first) test images.
+
+    Raises:
+        ValueError: when the dataset of a checkpoint is unknown and not given.
+    """
+    from ann2snn.data import load_dataset
+
+    ann, name, ds = _model(spec)
+    ds = dataset or ds
+    if ds is None:
+        raise ValueError(f"{spec}: say which dataset it was trained on (--dataset)")
+    train = load_dataset(ds, "train")
+    test = load_dataset(ds, "test", limit=test_limit)
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    calib_set = Subset(train, perm[:calib_size].tolist())
+    return BenchData(
+        ann,
+        name,
+        ds,
+        DataLoader(calib_set, batch_size=calib_batch),
+        DataLoader(test, batch_size=batch_size),
+    )
+
+
 def run_model(
     spec: str,
     configs: Sequence[str],
@@ -176,24 +218,15 @@ def run_model(
     dataset: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Every configuration on one model. Returns ``{model, dataset, ann_accuracy, curves}``."""
-    from ann2snn.data import load_dataset
-
-    ann, name, ds = _model(spec)
-    ds = dataset or ds
-    if ds is None:
-        raise ValueError(f"{spec}: say which dataset it was trained on (--dataset)")
-    train = load_dataset(ds, "train")
-    test = load_dataset(ds, "test", limit=test_limit)
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calib_set = Subset(train, perm[:calib_size].tolist())
-    calib_loader = DataLoader(calib_set, batch_size=calib_batch)
+    ann, name, ds, calib_loader, test_loader = load_bench_data(
+        spec, dataset, calib_size, calib_batch, test_limit, batch_size
+    )
     calib_images = [x for x, _ in calib_loader]
-    test_loader = DataLoader(test, batch_size=batch_size)
     result: Dict[str, Any] = {
         "model": name,
         "dataset": ds,
         "calibration_images": calib_size,
-        "test_images": len(test),
+        "test_images": len(test_loader.dataset),
         "curves": {},
     }
     for config in configs:
@@ -309,20 +342,14 @@ def combine(paths: Sequence[str]) -> Dict[str, Any]:
     return merged
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every accuracy benchmark shares: models, images, T, threads, output."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--models", nargs="+", default=list(BUNDLED), help="bundled model names or checkpoint files"
     )
     parser.add_argument(
         "--dataset", default=None, help="dataset of a checkpoint that does not record it"
-    )
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        default=list(OURS) + list(SPIKINGJELLY),
-        choices=list(OURS) + list(SPIKINGJELLY),
-        metavar="CONFIG",
     )
     parser.add_argument("--calib", type=int, default=2000, help="calibration images")
     parser.add_argument("--calib-batch", type=int, default=200)
@@ -336,6 +363,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="docs", help="folder for the JSON and the plots")
+    return parser
+
+
+def load_results(path: str, argv: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """The results file of an earlier run (or a new one), with this run's command."""
+    results: Dict[str, Any] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
+    results["command"] = "python " + " ".join([sys.argv[0]] + list(argv or sys.argv[1:]))
+    results.setdefault("models", {})
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = bench_arguments(__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(OURS) + list(SPIKINGJELLY),
+        choices=list(OURS) + list(SPIKINGJELLY),
+        metavar="CONFIG",
+    )
     parser.add_argument(
         "--combine",
         nargs="+",
@@ -355,12 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             plot(res, os.path.join(args.out, f"accuracy_{res['model']}.png"), ts)
             print(markdown(res, ts), flush=True)
         return 0
-    results: Dict[str, Any] = {}
-    if os.path.isfile(json_path):
-        with open(json_path) as f:
-            results = json.load(f)
-    results["command"] = "python " + " ".join([sys.argv[0]] + list(argv or sys.argv[1:]))
-    results.setdefault("models", {})
+    results = load_results(json_path, argv)
     for spec in args.models:
         res = run_model(
             spec,

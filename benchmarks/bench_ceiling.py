@@ -34,11 +34,11 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_accuracy import BUNDLED, TIMESTEPS, _model  # noqa: E402
+from bench_accuracy import bench_arguments, load_bench_data, load_results  # noqa: E402
 
 import ann2snn  # noqa: E402
 from ann2snn.ceiling import quantized_ann, rounded_activations, set_levels  # noqa: E402
@@ -75,30 +75,20 @@ def oracle(q: torch.nn.Module, loader: DataLoader, levels: int, factors: Sequenc
 
 
 def run_model(spec: str, args: argparse.Namespace, timesteps: Sequence[int]) -> Dict[str, Any]:
-    from ann2snn.data import load_dataset
-
-    ann, name, ds = _model(spec)
-    ds = args.dataset or ds
-    if ds is None:
-        raise ValueError(f"{spec}: say which dataset it was trained on (--dataset)")
-    train = load_dataset(ds, "train")
-    test = load_dataset(ds, "test", limit=args.test_limit)
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calib = DataLoader(Subset(train, perm[: args.calib].tolist()), batch_size=args.calib_batch)
-    test_loader = DataLoader(test, batch_size=args.batch_size)
+    ann, name, ds, calib, test_loader = load_bench_data(
+        spec, args.dataset, args.calib, args.calib_batch, args.test_limit, args.batch_size
+    )
     start = time.perf_counter()
     q = quantized_ann(ann, "99.9%", calib_data=calib)
     rounded = {}
     for t in timesteps:
         set_levels(q, t)
         rounded[str(t)] = accuracy(q, test_loader)
-    set_levels(q, None)
     result: Dict[str, Any] = {
         "model": name,
         "dataset": ds,
         "calibration_images": args.calib,
-        "test_images": len(test),
-        "ann_accuracy": accuracy(q, test_loader),
+        "test_images": len(test_loader.dataset),
         "rounded": rounded,
         "rounded_seconds": round(time.perf_counter() - start, 1),
     }
@@ -106,6 +96,7 @@ def run_model(spec: str, args: argparse.Namespace, timesteps: Sequence[int]) -> 
     start = time.perf_counter()
     snn = ann2snn.convert(ann, "99.9%", calib_data=calib)
     curve = evaluate(snn, test_loader, timesteps)
+    result["ann_accuracy"] = curve.ann_accuracy
     result["ours"] = {str(t): a for t, a in curve.accuracy.items()}
     result["ours_seconds"] = round(time.perf_counter() - start, 1)
     print(f"[{name}] ours: {result['ours']} ({result['ours_seconds']}s)", flush=True)
@@ -144,33 +135,19 @@ def markdown(res: Dict[str, Any], timesteps: Sequence[int]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(BUNDLED))
-    parser.add_argument("--dataset", default=None)
-    parser.add_argument("--calib", type=int, default=2000, help="calibration images")
-    parser.add_argument("--calib-batch", type=int, default=200)
-    parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)))
+    parser = bench_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--oracle", type=int, default=None, metavar="T")
     parser.add_argument("--oracle-max-layers", type=int, default=3)
     parser.add_argument(
         "--factors", type=lambda s: [float(v) for v in s.split(",")], default=list(FACTORS)
     )
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default="docs", help="folder for ceiling.json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ts = [int(t) for t in args.timesteps.split(",")]
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "ceiling.json")
-    results: Dict[str, Any] = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            results = json.load(f)
-    results["command"] = "python " + " ".join([sys.argv[0]] + list(argv or sys.argv[1:]))
-    results.setdefault("models", {})
+    results = load_results(path, argv)
     for spec in args.models:
         res = run_model(spec, args, ts)
         results["models"][res["model"]] = res
