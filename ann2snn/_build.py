@@ -31,7 +31,7 @@ import torch
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCES = (CSRC_DIR / "if_neuron.cpp", CSRC_DIR / "spiking_pool.cpp")
-CUDA_SOURCES = (CSRC_DIR / "if_neuron_cuda.cu",)
+CUDA_SOURCES = (CSRC_DIR / "if_neuron_cuda.cu", CSRC_DIR / "spiking_pool_cuda.cu")
 BACKEND_ENV = "ANN2SNN_BACKEND"
 BUILD_DIR_ENV = "ANN2SNN_BUILD_DIR"
 _BACKENDS = ("auto", "compiled", "reference")
