@@ -3,149 +3,132 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Type, Union
+import dataclasses
+import inspect
+from typing import Any, Dict, Iterable, Optional, Tuple, Type, Union
 
 import torch
 from torch import fx, nn
 
+from ._checks import device_of, optional_positive_int
 from .calibration import iter_inputs
-from .modes import parse_mode
+from .config import ConversionConfig, options_docstring
 from .spiking import SpikingModel
 from .tracing import trace
 
 
 def convert(
     model: nn.Module,
-    mode: Union[str, float] = "99.9%",
+    mode: Union[str, float, None] = None,
     calib_data: Optional[Iterable[Any]] = None,
     *,
+    config: Optional[ConversionConfig] = None,
     calib_batches: Optional[int] = None,
-    channelwise: bool = True,
-    v_init: float = 0.5,
-    fold_scales: bool = True,
-    maxpool: str = "auto",
-    target_timesteps: int = 4,
-    calibration_horizons: Sequence[int] = (1, 2, 4),
-    threshold_search: bool = False,
-    potential_calibration: bool = True,
-    sweep_samples: int = 512,
-    readout: str = "membrane",
     leaf_modules: Iterable[Type[nn.Module]] = (),
     concrete_args: Optional[Dict[str, Any]] = None,
     progress: bool = False,
+    **options: Any,
 ) -> SpikingModel:
     """Convert a trained ReLU-family classifier into a spiking model.
 
-    Args:
-        model: the trained ANN. It is never modified (conversion works on a deep copy).
-        mode: activation normalization: ``'max'``, a percentile ``'P%'`` such as
-            ``'99.9%'``, or a float ``0 < s <= 1`` meaning ``s * max``.
-        calib_data: calibration batches: a DataLoader or iterable of tensors,
-            ``(input, label)`` pairs or dicts. Statistics are exact over all of it.
-        calib_batches: use at most this many calibration batches.
-        channelwise: one normalization scale per channel instead of per layer.
-        v_init: initial membrane potential as a fraction of the threshold.
-        fold_scales: fold normalization scales into weights where possible.
-        maxpool: how max pooling of spike trains converts: ``'auto'`` (default),
-            ``'cumulative'``, ``'gate'``, ``'current'`` or ``'spikes'`` (see
-            ``ann2snn.converter_passes.convert_maxpool`` and docs/architectures.md).
-        target_timesteps: the number of time steps T that ``threshold_search`` and
-            ``potential_calibration`` tune the network for (the SNN still runs at any T).
-        calibration_horizons: both techniques minimize the error summed over the first
-            ``m * target_timesteps`` steps for each multiple ``m`` given (default: after
-            T, 2T and 4T steps), so a choice that only pays off at exactly T loses. The
-            calibration simulates ``sweep_samples`` images for ``target_timesteps *
-            max(calibration_horizons)`` steps, and its memory grows with both.
-        threshold_search: per layer (per channel with ``channelwise``), scale the
-            threshold by the factor whose firing rate best matches the ANN after
-            ``target_timesteps`` steps, layer after layer on the calibration data.
-        potential_calibration: per channel, choose the initial membrane potential the
-            same way (its effect fades as ``1/T``, so long runs still converge).
-        sweep_samples: calibration images simulated by ``threshold_search`` and
-            ``potential_calibration`` (the first ones of ``calib_data``).
-        readout: ``'membrane'``: the output layer integrates its input current (exact,
-            keeps negative values); ``'spikes'``: the output layer spikes and the spike
-            count is read (for comparison; see docs/accuracy.md).
-        leaf_modules: module types to keep opaque when tracing.
-        concrete_args: fixed arguments for tracing (see ``torch.fx.symbolic_trace``).
-        progress: show progress bars.
+        The conversion options (``mode`` and ``**options``) are the fields of
+        :class:`~ann2snn.config.ConversionConfig`; options given here override ``config``.
 
-    Returns:
-        A :class:`SpikingModel`; call it as ``snn(x, timesteps=T)``.
+        Args:
+            model: the trained ANN. It is never modified (conversion works on a deep copy).
+            calib_data: calibration batches: a DataLoader or iterable of tensors,
+                ``(input, label)`` pairs or dicts. Statistics are exact over all of it.
+            config: a :class:`~ann2snn.config.ConversionConfig` (default: the defaults).
+            calib_batches: use at most this many calibration batches.
+            leaf_modules: module types to keep opaque when tracing.
+            concrete_args: fixed arguments for tracing (see ``torch.fx.symbolic_trace``).
+            progress: show progress bars.
+    {options}
 
-    Raises:
-        ValueError: for a bad mode or missing calibration data.
-        ConversionError: naming every node that cannot be converted.
+        Returns:
+            A :class:`SpikingModel`; call it as ``snn(x, timesteps=T)``.
 
-    Example:
-        >>> snn = ann2snn.convert(model, mode="99.9%", calib_data=loader)  # doctest: +SKIP
-        >>> out = snn(images, timesteps=32)  # doctest: +SKIP
+        Raises:
+            ValueError: for a bad option or missing calibration data.
+            TypeError: for an unknown option.
+            ConversionError: naming every node that cannot be converted.
+
+        Example:
+            >>> snn = ann2snn.convert(model, mode="99.9%", calib_data=loader)  # doctest: +SKIP
+            >>> out = snn(images, timesteps=32)  # doctest: +SKIP
     """
-    from ann2snn.converter_passes.layer_sweep import check_horizons
     from ann2snn.converter_passes.pipeline import ConversionContext, run_pipeline
 
-    _check_calibration_options(target_timesteps, sweep_samples, readout)
-    horizons = check_horizons(calibration_horizons)
-    norm, gm, example, device = _traced_copy(
-        "convert", model, mode, calib_data, maxpool, leaf_modules, concrete_args
-    )
+    cfg = resolve_config("convert", config, mode, options)
+    gm, example, device = traced_copy("convert", model, calib_data, leaf_modules, concrete_args)
     ann = copy.deepcopy(model).eval()
-    # The options that shape the network: passed to the passes and recorded in meta (so a
-    # saved SNN rebuilds with the same ones).
-    options = dict(
-        channelwise=channelwise,
-        v_init=v_init,
-        fold_scales=fold_scales,
-        maxpool=maxpool,
-        target_timesteps=target_timesteps,
-        calibration_horizons=list(horizons),
-        threshold_search=threshold_search,
-        potential_calibration=potential_calibration,
-        sweep_samples=sweep_samples,
-        readout=readout,
-    )
     ctx = ConversionContext(
-        mode=norm,
+        config=cfg,
         calib_data=calib_data,
         example_input=example,
-        calib_batches=calib_batches,
+        calib_batches=optional_positive_int("calib_batches", calib_batches),
         progress=progress,
         device=device,
-        **options,
     )
     with torch.no_grad():
         gm = run_pipeline(gm, ctx)
+    # The options are recorded in meta, so that a saved SNN says how it was made.
     meta = {
-        "mode": norm.text,
-        **options,
+        **cfg.to_meta(),
         "input_shape": list(example.shape[1:]),
         "model_class": type(model).__name__,
     }
     return SpikingModel(gm, ann=ann, meta=meta)
 
 
-def _traced_copy(
+def resolve_config(
+    caller: str,
+    config: Optional[ConversionConfig],
+    mode: Union[str, float, None],
+    options: Dict[str, Any],
+) -> ConversionConfig:
+    """``config`` (or the defaults) with ``mode`` and ``options`` applied and checked."""
+    if config is not None and not isinstance(config, ConversionConfig):
+        raise TypeError(f"config must be a ConversionConfig, got {type(config).__name__}")
+    if mode is not None:
+        options = {**options, "mode": mode}
+    ConversionConfig.from_options(options, caller=caller)  # names and values checked
+    return (config or ConversionConfig()).replace(**options)
+
+
+def _with_option_signature(fn: Any) -> Any:
+    """Document ``fn``'s ``**options`` in its docstring and signature (for ``help``/IDEs)."""
+    fn.__doc__ = fn.__doc__.replace("{options}", options_docstring())
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params[1] = params[1].replace(default=ConversionConfig.default("mode"))
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+        for name, f in ((f.name, f) for f in dataclasses.fields(ConversionConfig))
+        if name != "mode"
+    ]
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
+convert = _with_option_signature(convert)
+
+
+def traced_copy(
     caller: str,
     model: Any,
-    mode: Union[str, float],
     calib_data: Optional[Iterable[Any]],
-    maxpool: str,
     leaf_modules: Iterable[Type[nn.Module]],
     concrete_args: Optional[Dict[str, Any]],
-) -> Tuple[Any, fx.GraphModule, torch.Tensor, torch.device]:
-    """Check the arguments every conversion shares and trace a deep copy of ``model``.
+) -> Tuple[fx.GraphModule, torch.Tensor, torch.device]:
+    """Check the model and data every conversion shares and trace a deep copy of ``model``.
 
     Returns:
-        ``(normalization mode, traced copy in eval mode, example input on the model's
-        device, that device)``.
+        ``(traced copy in eval mode, example input on the model's device, that device)``.
 
     Raises:
-        ValueError / TypeError: for a bad mode, max-pool method, model or calibration data.
+        ValueError / TypeError: for a bad model or calibration data.
     """
-    from ann2snn.converter_passes.convert_maxpool import check_maxpool_method
-
-    norm = parse_mode(mode)
-    check_maxpool_method(maxpool)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if calib_data is None:
@@ -155,20 +138,9 @@ def _traced_copy(
         )
     example = _example_input(calib_data)
     work = copy.deepcopy(model).eval()
-    device = next((p.device for p in work.parameters()), torch.device("cpu"))
+    device = device_of(work)
     gm = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
-    return norm, gm, example.to(device), device
-
-
-def _check_calibration_options(target_timesteps: Any, sweep_samples: Any, readout: Any) -> None:
-    for name, value in (("target_timesteps", target_timesteps), ("sweep_samples", sweep_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if readout not in ("membrane", "spikes"):
-        raise ValueError(
-            f"invalid readout {readout!r}; use 'membrane' (the output layer integrates its "
-            "input current) or 'spikes' (the output layer spikes and spikes are counted)"
-        )
+    return gm, example.to(device), device
 
 
 def _example_input(calib_data: Iterable[Any]) -> torch.Tensor:

@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterable, Optional, Type, Union
 import torch
 from torch import fx, nn
 
+from ._checks import optional_positive_int, positive_int
+from .config import ConversionConfig
 from .neuron import Activation
 from .tracing import is_module, register_leaf_module, replace_submodule
 
@@ -69,44 +71,47 @@ class RoundedActivation(nn.Module):
 
 def quantized_ann(
     model: nn.Module,
-    mode: Union[str, float] = "99.9%",
+    mode: Union[str, float, None] = None,
     calib_data: Optional[Iterable[Any]] = None,
     *,
+    config: Optional[ConversionConfig] = None,
     calib_batches: Optional[int] = None,
-    channelwise: bool = True,
-    fold_scales: bool = True,
-    maxpool: str = "auto",
     leaf_modules: Iterable[Type[nn.Module]] = (),
     concrete_args: Optional[Dict[str, Any]] = None,
+    **options: Any,
 ) -> fx.GraphModule:
     """The normalized ANN of :func:`ann2snn.convert`, with roundable activations.
 
-    Runs the conversion pipeline up to activation normalization (same arguments and
-    defaults as :func:`ann2snn.convert`) and wraps every activation in a
-    :class:`RoundedActivation`. Call :func:`set_levels` to round to T levels; until then
-    the network computes the ANN's function.
+    Runs the conversion pipeline up to activation normalization (same arguments, options
+    and defaults as :func:`ann2snn.convert`; the options of later stages have no effect)
+    and wraps every activation in a :class:`RoundedActivation`. Call :func:`set_levels` to
+    round to T levels; until then the network computes the ANN's function.
 
     Raises:
         ValueError, TypeError, ConversionError: as :func:`ann2snn.convert`.
     """
-    from .api import _traced_copy
-    from .converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
+    from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
 
-    norm, gm, example, device = _traced_copy(
-        "quantized_ann", model, mode, calib_data, maxpool, leaf_modules, concrete_args
+    from .api import resolve_config, traced_copy
+
+    cfg = resolve_config("quantized_ann", config, mode, options)
+    gm, example, device = traced_copy(
+        "quantized_ann", model, calib_data, leaf_modules, concrete_args
     )
     ctx = ConversionContext(
-        mode=norm,
+        config=cfg,
         calib_data=calib_data,
         example_input=example,
-        calib_batches=calib_batches,
-        channelwise=channelwise,
-        fold_scales=fold_scales,
-        maxpool=maxpool,
+        calib_batches=optional_positive_int("calib_batches", calib_batches),
         device=device,
     )
     names = [s.name for s in PIPELINE]
-    stages = PIPELINE[: names.index("normalize_activations") + 1]
+    # Up to normalization; the inputs of layer calibration (a later stage) are not needed.
+    stages = [
+        s
+        for s in PIPELINE[: names.index("normalize_activations") + 1]
+        if s.name != "collect_sweep_inputs"
+    ]
     with torch.no_grad():
         gm = run_pipeline(gm, ctx, stages)
     for node in gm.graph.nodes:
@@ -128,10 +133,8 @@ def set_levels(gm: nn.Module, levels: Optional[int]) -> nn.Module:
     Raises:
         ValueError: for a ``levels`` that is not a positive integer or None.
     """
-    if levels is not None and (
-        isinstance(levels, bool) or not isinstance(levels, int) or levels < 1
-    ):
-        raise ValueError(f"levels must be a positive integer (time steps) or None, got {levels!r}")
+    if levels is not None:
+        levels = positive_int("levels (time steps)", levels)
     for m in rounded_activations(gm):
         m.levels = levels
     return gm

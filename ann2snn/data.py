@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ann2snn._checks import optional_positive_int, positive_int
 from ann2snn.errors import DataNotFoundError
 
 __all__ = [
@@ -327,8 +328,7 @@ def load_dataset(
         DataNotFoundError: If the files cannot be found (see :func:`find_data_root`).
     """
     canonical_split = _canonical_split(split)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    limit = optional_positive_int("limit", limit)
     folder = find_data_root(name, root, split=canonical_split)
     images_u8, labels = _decoded_split(str(folder.resolve()), canonical_split)
     if limit is not None:
@@ -372,7 +372,6 @@ def make_loader(
         ValueError: On bad arguments or corrupt files.
         DataNotFoundError: If the files cannot be found.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     dataset = load_dataset(name, split, root=root, limit=limit, normalize=normalize)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=0)

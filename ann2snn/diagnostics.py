@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
+from ._checks import device_of
 from .calibration import batch_input
 from .neuron import IFNeuron
 from .spiking import SpikingModel
@@ -279,7 +280,7 @@ def structure_table(snn: SpikingModel) -> str:
     try:
         if shape:
             with torch.no_grad():
-                snn(torch.zeros((1,) + tuple(shape), device=_device(snn)), timesteps=1)
+                snn(torch.zeros((1,) + tuple(shape), device=device_of(snn)), timesteps=1)
     finally:
         rec.remove()
     lines = [f"{'layer':<24} {'type':<18} {'outputs':>9}  details", "-" * 78]
@@ -303,12 +304,6 @@ def structure_table(snn: SpikingModel) -> str:
     n_neurons = sum(rec.out_numel.get(name, 0) for name, _ in snn.neurons())
     lines.append(f"{n_layers} IF layers, {n_neurons:,} neurons per sample")
     return "\n".join(lines)
-
-
-def _device(module: nn.Module) -> torch.device:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -344,7 +339,7 @@ def layer_report(
     spikes = {name: 0.0 for name in neurons}
     steps = {name: 0 for name in neurons}
     samples = 0
-    device = _device(snn)
+    device = device_of(snn)
     example = None
     total = None
     try:

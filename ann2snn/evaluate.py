@@ -8,12 +8,13 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from . import distributed
+from ._checks import device_of, positive_int
 from .calibration import batch_input
 from .spiking import SpikingModel
 
@@ -141,10 +142,20 @@ def _labels(batch: Any) -> torch.Tensor:
     raise TypeError("evaluation batches must be (input, label) pairs or dicts with a 'label' key")
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return torch.device("cpu")
+def _check_timesteps(timesteps: Any) -> List[int]:
+    """The sorted distinct T values of ``timesteps`` (one T, or a sequence of them).
+
+    Raises:
+        ValueError: for anything but positive integers, or an empty sequence.
+    """
+    if isinstance(timesteps, (str, bytes)) or not hasattr(timesteps, "__iter__"):
+        timesteps = [timesteps]
+    elif isinstance(timesteps, torch.Tensor):
+        timesteps = timesteps.reshape(-1).tolist()
+    ts = sorted({positive_int("timesteps", t) for t in timesteps})
+    if not ts:
+        raise ValueError("timesteps must name at least one number of time steps, got none")
+    return ts
 
 
 @torch.no_grad()
@@ -178,11 +189,9 @@ def evaluate(
 
         ann = model if ann is None else ann
         model = convert(model, calib_data=loader, **convert_kwargs)
-    ts = sorted({int(t) for t in timesteps})
-    if not ts or ts[0] < 1:
-        raise ValueError(f"timesteps must be positive integers, got {list(timesteps)}")
+    ts = _check_timesteps(timesteps)
     ann = ann if ann is not None else model.ann
-    device = _device_of(model)
+    device = device_of(model)
     sharded = distributed.is_distributed()
     if sharded:  # this rank's batches only; counts are summed over ranks below
         loader, max_batches = distributed.shard(loader, max_batches), None

@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Union
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ._checks import optional_positive_int, positive_int
 from .errors import DataNotFoundError
 
 __all__ = [
@@ -40,8 +41,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _check_size(name: str, value: Optional[int]) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    optional_positive_int(name, value)
 
 
 def image_folder_dataset(
@@ -154,7 +154,6 @@ def image_folder_loader(
     _check_size("batch_size", batch_size)
     if batch_size is None:
         raise ValueError("batch_size must be a positive int, got None")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+    num_workers = positive_int("num_workers", num_workers, minimum=0)
     dataset = image_folder_dataset(root, **dataset_kwargs)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

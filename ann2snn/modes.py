@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
+#: The smallest fraction ``s`` of a float mode: below it, ``s * max`` underflows float32
+#: thresholds towards zero and every neuron saturates.
+MIN_FRACTION = 1e-6
 ACCEPTED = (
     "'max' (the maximum activation), a percentile written 'P%' with 0 < P <= 100 "
     "(e.g. '99.9%', '99.99%'), or a float 0 < s <= 1 meaning s * max"
@@ -36,7 +39,7 @@ def parse_mode(mode: Union[str, float, int]) -> NormMode:
         raise ValueError(f"invalid normalization mode {mode!r}; use {ACCEPTED}")
     if isinstance(mode, (int, float)):
         if 0 < float(mode) <= 1:
-            return NormMode(text=str(mode), fraction=float(mode))
+            return NormMode(text=str(mode), fraction=_fraction(mode))
         raise ValueError(f"invalid normalization mode {mode!r}; use {ACCEPTED}")
     if isinstance(mode, str):
         text = mode.strip()
@@ -55,5 +58,15 @@ def parse_mode(mode: Union[str, float, int]) -> NormMode:
             except ValueError:
                 s = float("nan")
             if 0 < s <= 1:
-                return NormMode(text=text, fraction=s)
+                return NormMode(text=text, fraction=_fraction(mode))
     raise ValueError(f"invalid normalization mode {mode!r}; use {ACCEPTED}")
+
+
+def _fraction(mode: Union[str, float, int]) -> float:
+    s = float(mode)
+    if s < MIN_FRACTION:
+        raise ValueError(
+            f"normalization mode {mode!r} is too small: thresholds of {s:g} * max underflow "
+            f"and every neuron saturates; use a fraction of at least {MIN_FRACTION:g}"
+        )
+    return s

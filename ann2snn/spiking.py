@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
+from ._checks import optional_positive_int, positive_int
 from .neuron import IFNeuron
 from .temporal import TemporalModule
 
@@ -73,8 +74,8 @@ class SpikingModel(nn.Module):
             timesteps: number of time steps T.
             chunk_steps: time steps per chunk (default: :meth:`chunk_steps`).
         """
-        if not isinstance(timesteps, int) or timesteps < 1:
-            raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
+        timesteps = positive_int("timesteps", timesteps)
+        chunk_steps = optional_positive_int("chunk_steps", chunk_steps)
         self.reset()
         gm = self.graph_module
         static_values = gm.static_prefix(x)

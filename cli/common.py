@@ -48,21 +48,48 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def api_default(name: str) -> Any:
-    """The default of ``ann2snn.convert``'s option ``name`` (the CLI never overrides it)."""
-    import inspect
+    """The default of conversion option ``name`` (the CLI never overrides it)."""
+    from ann2snn.config import ConversionConfig
 
-    import ann2snn
-
-    param = inspect.signature(ann2snn.convert).parameters.get(name)
-    return None if param is None else param.default
+    return ConversionConfig.default(name)
 
 
 def _default_text(name: str) -> str:
-    return str(api_default(name)).replace("%", "%%")  # argparse %-formats help texts
+    value = api_default(name)
+    if isinstance(value, tuple):
+        value = ",".join(map(str, value))
+    return str(value).replace("%", "%%")  # argparse %-formats help texts
+
+
+_FLAG_TYPES = {"positive_int": lambda text: _positive_int(text), "horizons": lambda t: _horizons(t)}
+
+
+def _add_option_flag(group: Any, name: str) -> None:
+    """The flag(s) of conversion option ``name``, as its ``ConversionConfig`` field says."""
+    from ann2snn.config import ConversionConfig
+
+    spec = ConversionConfig.cli(name)
+    kind, flag = spec["kind"], "--" + name.replace("_", "-")
+    text = spec.get("help", "").replace("{default}", _default_text(name))
+    if kind == "switch":
+        _add_bool_flag_pair(group, name, spec["on"], spec["off"])
+    elif kind == "off":
+        group.add_argument(spec["flag"], dest=name, action="store_const", const=False, help=text)
+    elif kind == "choice":
+        choices = spec["choices"]
+        if not text:
+            text = f"how max pooling converts (default: {_default_text(name)}): " + "; ".join(
+                f"{k}: {v}" for k, v in choices.items()
+            )
+        group.add_argument(flag, choices=sorted(choices), default=None, help=text)
+    elif kind == "value":
+        parser = _FLAG_TYPES.get(spec.get("type"), spec.get("type"))
+        group.add_argument(flag, type=parser, metavar=spec.get("metavar"), help=text)
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str) -> None:
-    """--mode / --calib / --calib-batches / --calib-limit / --channelwise / --v-init /
+    """--mode / --calib / --calib-batches / --calib-limit, then one flag (or pair) per
+    conversion option of ``ann2snn.config.ConversionConfig``: --channelwise / --v-init /
     --maxpool / --target-timesteps / --calibration-horizons / --[no-]potential-calibration /
     --[no-]threshold-search / --readout / --no-fold.
 
@@ -70,11 +97,7 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
     as the Python API does.
     """
     g = parser.add_argument_group("conversion")
-    g.add_argument(
-        "--mode",
-        help="activation normalization: 'max', a percentile such as '99.9%%' or '99.99%%', "
-        f"or a number 0 < s <= 1 meaning s * max (default: {_default_text('mode')})",
-    )
+    _add_option_flag(g, "mode")
     g.add_argument("--calib", metavar="DATA", help=calib_help)
     g.add_argument(
         "--calib-batches",
@@ -88,73 +111,24 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, *, calib_help: str
         metavar="N",
         help="calibrate on the first N examples only (default: all; 2,000 is usually enough)",
     )
-    _switch(
-        g,
-        "channelwise",
-        ("--channelwise", "one normalization scale per channel"),
-        ("--layerwise", "one normalization scale per layer"),
-    )
-    g.add_argument(
-        "--v-init",
-        type=float,
-        metavar="F",
-        help="initial membrane potential as a fraction of the threshold (default: "
-        f"{_default_text('v_init')})",
-    )
-    methods = _maxpool_methods()
-    if methods:
-        g.add_argument(
-            "--maxpool",
-            choices=sorted(methods),
-            default=None,
-            help=f"how max pooling converts (default: {_default_text('maxpool')}): "
-            + "; ".join(f"{k}: {v}" for k, v in methods.items()),
-        )
-    g.add_argument(
-        "--target-timesteps",
-        type=_positive_int,
-        metavar="T",
-        help="the number of time steps potential calibration and threshold search tune the "
-        f"network for (default: {_default_text('target_timesteps')}; the SNN still runs at "
-        "any T)",
-    )
-    g.add_argument(
-        "--calibration-horizons",
-        type=_horizons,
-        metavar="M,M,...",
-        help="multiples of --target-timesteps after which the calibration error is summed "
-        "(default: "
-        + ",".join(map(str, api_default("calibration_horizons")))
-        + "; 1,2,4 tunes for T, 2T and 4T steps at once, 1 for T alone)",
-    )
-    for name, what in (
-        ("potential-calibration", "per-channel initial membrane potentials fitted on data"),
-        ("threshold-search", "per-layer threshold factors searched on data"),
-    ):
-        _switch(
-            g,
-            name.replace("-", "_"),
-            (f"--{name}", what),
-            (f"--no-{name}", f"no {name.replace('-', ' ')}"),
-        )
-    g.add_argument(
-        "--readout",
-        choices=("membrane", "spikes"),
-        default=None,
-        help="output layer: integrate its input current ('membrane') or spike and count "
-        f"spikes ('spikes') (default: {_default_text('readout')})",
-    )
-    g.add_argument(
-        "--no-fold",
-        dest="fold_scales",
-        action="store_const",
-        const=False,
-        help="keep normalization scales as neuron thresholds instead of folding them into "
-        "the weights",
-    )
+    for name in _flag_order():
+        _add_option_flag(g, name)
 
 
-def _switch(group: Any, dest: str, on: Tuple[str, str], off: Tuple[str, str]) -> None:
+def _flag_order() -> List[str]:
+    """The conversion options with a flag, in the order ``--help`` lists them."""
+    from ann2snn.config import ConversionConfig
+
+    names = [
+        n
+        for n in ConversionConfig.option_names()
+        if n != "mode" and ConversionConfig.cli(n)["kind"] != "none"
+    ]
+    # --no-fold has always come last in the help.
+    return sorted(names, key=lambda n: ConversionConfig.cli(n)["kind"] == "off")
+
+
+def _add_bool_flag_pair(group: Any, dest: str, on: Tuple[str, str], off: Tuple[str, str]) -> None:
     """A pair of exclusive flags setting the boolean option ``dest`` of ``ann2snn.convert``
     to True (``on = (flag, help)``) or False (``off``); the default's help says so."""
     default = api_default(dest)
@@ -167,15 +141,6 @@ def _switch(group: Any, dest: str, on: Tuple[str, str], off: Tuple[str, str]) ->
             const=value,
             help=text + (" (the default)" if default is value else ""),
         )
-
-
-def _maxpool_methods() -> Dict[str, str]:
-    """The max-pooling conversion methods of this ann2snn version (none if not offered)."""
-    try:
-        from ann2snn.converter_passes.convert_maxpool import MAXPOOL_METHODS
-    except ImportError:
-        return {}
-    return dict(MAXPOOL_METHODS)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -323,7 +288,7 @@ def parse_timesteps(text: str) -> List[int]:
     Raises:
         CLIError: an unreadable list.
     """
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    parts = [p.strip() for p in str(text).split(",")]
     bad = CLIError(
         f"--timesteps {text!r} is not a list of positive integers. Write e.g. 1,2,4,...,256 "
         "(a doubling or evenly spaced progression), 8,16,32, or a single number."
@@ -336,6 +301,8 @@ def parse_timesteps(text: str) -> List[int]:
             if len(values) < 2 or i + 1 >= len(parts) or not parts[i + 1].isdigit():
                 raise bad
             a, b, end = values[-2], values[-1], int(parts[i + 1])
+            if end <= b:  # "2,4,...,3": the progression must go on past its last value
+                raise bad
             c = values[-3] if len(values) >= 3 else None
             if c is not None:
                 geometric = c > 0 and a * a == b * c and b > a
@@ -500,18 +467,9 @@ def describe_source(source: Dict[str, Any]) -> str:
 
 def conversion_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The ``ann2snn.convert`` options given on the command line (others keep the defaults)."""
-    names = (
-        "mode",
-        "channelwise",
-        "v_init",
-        "fold_scales",
-        "maxpool",
-        "target_timesteps",
-        "calibration_horizons",
-        "potential_calibration",
-        "threshold_search",
-        "readout",
-    )
+    from ann2snn.config import ConversionConfig
+
+    names = ConversionConfig.option_names()
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -609,40 +567,10 @@ def validate_mode(text: Optional[str]) -> None:
         raise CLIError(f"{exc}. Pass it as --mode, e.g. --mode 99.9%.") from None
 
 
-def progress_enabled(args: argparse.Namespace) -> bool:
-    return not args.no_progress
-
-
-def print_err(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
 def format_options(meta: Dict[str, Any]) -> str:
-    parts = [
-        f"mode {meta.get('mode')}",
-        "channel-wise" if meta.get("channelwise") else "layer-wise",
-        f"v_init {meta.get('v_init')}",
-    ]
-    if meta.get("fold_scales") is False:
-        parts.append("scales not folded")
-    if meta.get("maxpool") not in (None, "auto"):
-        parts.append(f"max pooling {meta['maxpool']}")
-    tuned = [
-        what
-        for key, what in (
-            ("potential_calibration", "potential calibration"),
-            ("threshold_search", "threshold search"),
-        )
-        if meta.get(key)
-    ]
-    if tuned:
-        target = meta.get("target_timesteps")
-        multiples = meta.get("calibration_horizons") or [1]
-        steps = "/".join(str(target * m) for m in multiples) if isinstance(target, int) else target
-        parts.append(" + ".join(tuned) + f" for T={steps}")
-    if meta.get("readout") == "spikes":
-        parts.append("spike-count readout")
-    return ", ".join(parts)
+    from ann2snn.config import describe_options
+
+    return describe_options(meta)
 
 
 def file_size(path: str) -> str:

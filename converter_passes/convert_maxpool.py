@@ -26,12 +26,13 @@ method is a choice, measured on the Fashion-MNIST max-pooling model in
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional, Set
+from typing import Any, Optional, Set
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ann2snn.config import MAXPOOL_METHODS, ConversionConfig, check_maxpool_method
 from ann2snn.errors import ConversionError
 from ann2snn.neuron import Activation, IFNeuron
 from ann2snn.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
@@ -39,14 +40,7 @@ from ann2snn.tracing import add_submodule, describe_node, finish, is_module, rep
 
 from .op_support import kind_of
 
-MAXPOOL_METHODS: Dict[str, str] = {
-    "auto": "pool before the neuron where its input is static, else 'cumulative'",
-    "cumulative": "max pooling of the running input sum, differenced (exact on average)",
-    "gate": "pass the spikes of the unit with the largest running spike count",
-    "current": "pool the input current before the neuron (ANN unchanged)",
-    "spikes": "max pooling of spikes at each step (over-counts; for comparison)",
-}
-DEFAULT_MAXPOOL = "auto"
+DEFAULT_MAXPOOL: str = ConversionConfig.default("maxpool")
 
 _MODULE_POOLS = INDEXED_POOLS + (AMax,)
 _WINDOW_FUNCTIONS = {
@@ -63,18 +57,6 @@ _ADAPTIVE_FUNCTIONS = {
     F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d,
 }
 _WINDOW_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-
-
-def check_maxpool_method(method: str) -> str:
-    """Return ``method`` if it names a max-pooling method.
-
-    Raises:
-        ValueError: listing the accepted methods.
-    """
-    if method not in MAXPOOL_METHODS:
-        choices = "\n".join(f"  {k!r}: {v}" for k, v in MAXPOOL_METHODS.items())
-        raise ValueError(f"unknown maxpool method {method!r}; choose one of:\n{choices}")
-    return method
 
 
 def is_maxpool(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -26,15 +26,17 @@ from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence
 import torch
 from torch import fx
 
+from ann2snn._checks import positive_int
 from ann2snn.calibration import iter_inputs
+from ann2snn.config import ConversionConfig, check_horizons
 from ann2snn.neuron import IFNeuron, _channel_view
 from ann2snn.ops import if_multistep
 from ann2snn.tracing import is_module
 
 #: Calibration images simulated by default (a subset of the calibration data).
-DEFAULT_SWEEP_SAMPLES = 512
+DEFAULT_SWEEP_SAMPLES: int = ConversionConfig.default("sweep_samples")
 #: Horizons of the calibration error, as multiples of the target number of steps.
-DEFAULT_HORIZONS = (1, 2, 4)
+DEFAULT_HORIZONS: tuple = ConversionConfig.default("calibration_horizons")
 _SWEEP_BATCH = 128
 
 
@@ -143,24 +145,6 @@ class LayerData:
         return total
 
 
-def check_horizons(horizons: Any) -> tuple:
-    """Validate calibration horizons: distinct positive integers, returned sorted.
-
-    Raises:
-        ValueError: for an empty sequence or an entry that is not a positive integer.
-    """
-    try:
-        values = tuple(horizons)
-    except TypeError:
-        values = ()
-    if not values or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in values):
-        raise ValueError(
-            "calibration_horizons must be a non-empty sequence of positive integers "
-            f"(multiples of target_timesteps, e.g. (1, 2, 4)), got {horizons!r}"
-        )
-    return tuple(sorted(set(values)))
-
-
 def collect_inputs(
     data: Iterable[Any],
     max_batches: Optional[int] = None,
@@ -172,8 +156,7 @@ def collect_inputs(
     Raises:
         ValueError: when ``data`` yields no input or ``max_samples`` is not positive.
     """
-    if not isinstance(max_samples, int) or max_samples < 1:
-        raise ValueError(f"the sweep needs a positive number of samples, got {max_samples!r}")
+    max_samples = positive_int("the sweep's number of samples", max_samples)
     parts: List[torch.Tensor] = []
     have = 0
     for x in iter_inputs(data, max_batches):
@@ -222,8 +205,7 @@ class LayerSweep:
         timesteps: int,
         horizons: Sequence[int] = DEFAULT_HORIZONS,
     ) -> None:
-        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
-            raise ValueError(f"target timesteps must be a positive integer, got {timesteps!r}")
+        timesteps = positive_int("target timesteps", timesteps)
         multiples = check_horizons(horizons)
         self.gm = gm
         self.reference = reference

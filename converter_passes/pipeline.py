@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch import fx
 
 from ann2snn.calibration import calibrate
+from ann2snn.config import ConversionConfig
 from ann2snn.distributed import DistributedError, failure_check
 from ann2snn.errors import ConversionError
-from ann2snn.modes import NormMode
 
 from .add_output_neurons import add_output_neurons
 from .calibrate_layers import calibrate_layers
 from .canonicalize_activations import canonicalize_activations
 from .check_supported import check_supported
-from .convert_maxpool import DEFAULT_MAXPOOL, convert_maxpool, pool_before_neurons
+from .convert_maxpool import convert_maxpool, pool_before_neurons
 from .fold_affine_batchnorm import fold_affine_batchnorm
 from .fold_batchnorm import fold_batchnorm
 from .hoist_static_prefix import hoist_static_prefix
 from .insert_observers import insert_observers
-from .layer_sweep import DEFAULT_HORIZONS, DEFAULT_SWEEP_SAMPLES, collect_inputs
+from .layer_sweep import collect_inputs
 from .normalize_activations import normalize_activations
 from .rebind_batch_sizes import rebind_batch_sizes
 from .replace_relu_with_if import replace_relu_with_if
@@ -32,29 +32,29 @@ from .replace_relu_with_if import replace_relu_with_if
 
 @dataclass
 class ConversionContext:
-    """Everything the stages need besides the graph."""
+    """Everything the stages need besides the graph: the options and the run's data.
 
-    mode: NormMode
+    Attributes:
+        config: the conversion options.
+        calib_data: the calibration batches.
+        example_input: a small batch, on ``device``, for recording shapes.
+        calib_batches: read at most this many calibration batches (None: all).
+        progress: show progress bars.
+        device: where the model lives.
+        sweep_inputs: set by ``collect_sweep_inputs``: the inputs layer calibration
+            simulates (None when it does not run).
+        reference: set by ``keep_reference``: the normalized ANN, what layer calibration
+            aims at (None when it does not run).
+    """
+
+    config: ConversionConfig
     calib_data: Any
     example_input: torch.Tensor
     calib_batches: Optional[int] = None
-    channelwise: bool = False
-    v_init: float = 0.5
-    fold_scales: bool = True
     progress: bool = False
     device: Optional[torch.device] = None
-    maxpool: str = DEFAULT_MAXPOOL
-    target_timesteps: int = 4
-    calibration_horizons: Tuple[int, ...] = DEFAULT_HORIZONS
-    threshold_search: bool = False
-    potential_calibration: bool = False
-    sweep_samples: int = DEFAULT_SWEEP_SAMPLES
-    readout: str = "membrane"
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def calibrates_layers(self) -> bool:
-        return self.threshold_search or self.potential_calibration
+    sweep_inputs: Optional[List[torch.Tensor]] = None
+    reference: Optional[fx.GraphModule] = None
 
 
 @dataclass(frozen=True)
@@ -71,38 +71,38 @@ def _propagate(gm: fx.GraphModule, ctx: ConversionContext) -> fx.GraphModule:
 
 
 def _collect_sweep_inputs(gm: fx.GraphModule, ctx: ConversionContext) -> fx.GraphModule:
-    if not ctx.calibrates_layers:
+    if not ctx.config.calibrates_layers:
         return gm
     data = ctx.calib_data
     if not isinstance(data, torch.Tensor) and iter(data) is data:
         # A one-shot iterator: keep what the sweep reads and put it back in front.
         data = list(itertools.islice(data, ctx.calib_batches))
         ctx.calib_data = data
-    ctx.extras["sweep_inputs"] = collect_inputs(
-        data, ctx.calib_batches, ctx.sweep_samples, ctx.device
-    )
+    ctx.sweep_inputs = collect_inputs(data, ctx.calib_batches, ctx.config.sweep_samples, ctx.device)
     return gm
 
 
 def _keep_reference(gm: fx.GraphModule, ctx: ConversionContext) -> fx.GraphModule:
-    if ctx.calibrates_layers:  # the normalized ANN: what layer calibration aims at
-        ctx.extras["reference"] = copy.deepcopy(gm)
+    if ctx.config.calibrates_layers:  # the normalized ANN: what layer calibration aims at
+        ctx.reference = copy.deepcopy(gm)
     return gm
 
 
 def _calibrate_layers(gm: fx.GraphModule, ctx: ConversionContext) -> fx.GraphModule:
-    if not ctx.calibrates_layers:
+    cfg = ctx.config
+    if not cfg.calibrates_layers:
         return gm
     gm = calibrate_layers(
         gm,
-        ctx.extras.pop("reference"),
-        ctx.extras.pop("sweep_inputs"),
-        ctx.target_timesteps,
-        horizons=ctx.calibration_horizons,
-        threshold_search=ctx.threshold_search,
-        potential_calibration=ctx.potential_calibration,
+        ctx.reference,
+        ctx.sweep_inputs,
+        cfg.target_timesteps,
+        horizons=cfg.calibration_horizons,
+        threshold_search=cfg.threshold_search,
+        potential_calibration=cfg.potential_calibration,
         progress=ctx.progress,
     )
+    ctx.reference = ctx.sweep_inputs = None  # free them
     return gm
 
 
@@ -112,16 +112,18 @@ PIPELINE: Tuple[Stage, ...] = (
     Stage("rebind_batch_sizes", lambda gm, ctx: rebind_batch_sizes(gm)),
     Stage(
         "add_output_neurons",
-        lambda gm, ctx: add_output_neurons(gm) if ctx.readout == "spikes" else gm,
+        lambda gm, ctx: add_output_neurons(gm) if ctx.config.readout == "spikes" else gm,
     ),
     Stage("check_supported", lambda gm, ctx: check_supported(gm)),
     Stage("fold_batchnorm", lambda gm, ctx: fold_batchnorm(gm)),
     Stage("fold_affine_batchnorm", lambda gm, ctx: fold_affine_batchnorm(gm)),
-    Stage("pool_before_neurons", lambda gm, ctx: pool_before_neurons(gm, ctx.maxpool)),
+    Stage("pool_before_neurons", lambda gm, ctx: pool_before_neurons(gm, ctx.config.maxpool)),
     Stage(
         "insert_observers",
         lambda gm, ctx: insert_observers(
-            gm, quantile=ctx.mode.quantile, channel_axis=1 if ctx.channelwise else None
+            gm,
+            quantile=ctx.config.norm.quantile,
+            channel_axis=1 if ctx.config.channelwise else None,
         ),
     ),
     Stage("collect_sweep_inputs", _collect_sweep_inputs),
@@ -133,11 +135,13 @@ PIPELINE: Tuple[Stage, ...] = (
     ),
     Stage(
         "normalize_activations",
-        lambda gm, ctx: normalize_activations(gm, ctx.mode, fold=ctx.fold_scales),
+        lambda gm, ctx: normalize_activations(gm, ctx.config.norm, fold=ctx.config.fold_scales),
     ),
     Stage("keep_reference", _keep_reference),
-    Stage("replace_relu_with_if", lambda gm, ctx: replace_relu_with_if(gm, v_init=ctx.v_init)),
-    Stage("convert_maxpool", lambda gm, ctx: convert_maxpool(gm, ctx.maxpool)),
+    Stage(
+        "replace_relu_with_if", lambda gm, ctx: replace_relu_with_if(gm, v_init=ctx.config.v_init)
+    ),
+    Stage("convert_maxpool", lambda gm, ctx: convert_maxpool(gm, ctx.config.maxpool)),
     Stage("calibrate_layers", _calibrate_layers),
     Stage("hoist_static_prefix", lambda gm, ctx: hoist_static_prefix(gm, ctx.example_input)),
 )

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import fx
 
+from ann2snn.config import ConversionConfig
 from ann2snn.converter_passes.layer_sweep import LayerData, LayerSweep, collect_inputs
 from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
-from ann2snn.modes import parse_mode
 from ann2snn.neuron import IFNeuron
 from ann2snn.tracing import is_module, trace
 from tests.conftest import pretrained
@@ -13,17 +13,20 @@ from tests.conftest import pretrained
 def flat_snn(model, calib, channelwise=True, sweep_samples=256):
     """The spiking graph just before layer calibration, its reference ANN and the inputs."""
     ctx = ConversionContext(
-        mode=parse_mode("99.9%"),
+        config=ConversionConfig(
+            mode="99.9%",
+            channelwise=channelwise,
+            threshold_search=True,
+            potential_calibration=False,
+            sweep_samples=sweep_samples,
+        ),
         calib_data=calib,
         example_input=calib[0][:2],
-        channelwise=channelwise,
-        threshold_search=True,
-        sweep_samples=sweep_samples,
     )
     stop = [s.name for s in PIPELINE].index("calibrate_layers")
     with torch.no_grad():
         gm = run_pipeline(trace(model), ctx, PIPELINE[:stop])
-    return gm, ctx.extras["reference"], ctx.extras["sweep_inputs"]
+    return gm, ctx.reference, ctx.sweep_inputs
 
 
 def ann_mode(gm: fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
