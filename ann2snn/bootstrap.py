@@ -32,16 +32,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from tqdm import tqdm
 
+from ._checks import positive_int
 from .calibration import batch_input
-from .neuron import IFNeuron, _channel_view
+from .neuron import IFNeuron
 from .pooling import GatedMaxPool, SpikingMaxPool
+from .pwl import PiecewiseLinear, RateRecorder, drop_fits, fits_of, pwl_eval
 from .spiking import SpikingModel
 from .tracing import replace_submodule
 
@@ -55,209 +57,6 @@ __all__ = [
     "fits_of",
     "pwl_eval",
 ]
-
-#: Name of the ModuleDict on a spiking graph that holds the fitted functions.
-FITS_ATTR = "bootstrap_fits"
-
-
-def pwl_eval(x: torch.Tensor, values: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Evaluate the piecewise-linear function with knot ``values`` evenly over ``[lo, hi]``.
-
-    Outside ``[lo, hi]`` the function is constant (its end values). Differentiable in ``x``
-    (slope of the segment) and in ``values``.
-
-    Args:
-        x: inputs, any shape.
-        values: ``[segments + 1]`` knot values.
-        lo, hi: positions of the first and last knot.
-
-    Returns:
-        ``f(x)``, shaped like ``x``.
-    """
-    segments = values.numel() - 1
-    p = (x - lo) * (segments / (hi - lo))
-    i = p.detach().floor().clamp(0, segments - 1)
-    frac = (p - i).clamp(0, 1)
-    i = i.long()
-    left = values[i]
-    return left + frac * (values[i + 1] - left)
-
-
-def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    y = y.clamp_min(1e-12)
-    return torch.where(y > 20, y, torch.log(torch.expm1(y)))
-
-
-class PiecewiseLinear(nn.Module):
-    """A monotone piecewise-linear activation: the ANN view of one IF layer.
-
-    ``forward(x) = f(x / threshold)`` with ``f`` linear between ``segments + 1`` evenly
-    spaced knots over ``[lo, hi]`` (threshold units) and constant outside. It outputs a
-    firing rate, as the IF neuron it stands for does on average.
-
-    The knot values are stored as a first value plus non-negative increments (through a
-    softplus), so ``f`` stays non-decreasing even when the knots are learned.
-
-    Args:
-        values: the ``segments + 1`` knot values (non-decreasing).
-        lo, hi: positions of the first and last knot.
-        threshold: the IF layer's threshold, scalar or per channel (dim 1).
-        learnable: make the knot values trainable parameters (else fixed buffers).
-
-    Raises:
-        ValueError: on fewer than two values, decreasing values or a bad range.
-    """
-
-    def __init__(
-        self,
-        values: torch.Tensor,
-        lo: float,
-        hi: float,
-        threshold: Union[float, torch.Tensor] = 1.0,
-        learnable: bool = False,
-    ) -> None:
-        super().__init__()
-        values = torch.as_tensor(values, dtype=torch.float32).detach().reshape(-1)
-        if values.numel() < 2:
-            raise ValueError("PiecewiseLinear needs at least two knot values")
-        if not float(lo) < float(hi):
-            raise ValueError(f"PiecewiseLinear needs lo < hi, got ({lo}, {hi})")
-        steps = values[1:] - values[:-1]
-        if bool((steps < -1e-6).any()):
-            raise ValueError("PiecewiseLinear knot values must be non-decreasing")
-        self.lo, self.hi = float(lo), float(hi)
-        self.exact = not learnable
-        first = values[:1].clone()
-        if learnable:
-            self.first = nn.Parameter(first)
-            self.raw_steps = nn.Parameter(_inverse_softplus(steps.clamp_min(0)))
-        else:
-            self.register_buffer("first", first)
-            self.register_buffer("raw_steps", steps.clamp_min(0).clone())
-        thr = torch.as_tensor(threshold, dtype=torch.float32).detach().clone().reshape(-1)
-        if bool((thr <= 0).any()):
-            raise ValueError("PiecewiseLinear thresholds must be positive")
-        self.register_buffer("threshold", thr)
-
-    @property
-    def segments(self) -> int:
-        return self.raw_steps.numel()
-
-    def values(self) -> torch.Tensor:
-        """The knot values ``[segments + 1]``."""
-        steps = self.raw_steps if self.exact else F.softplus(self.raw_steps)
-        return torch.cat([self.first, self.first + torch.cumsum(steps, 0)])
-
-    def knots(self) -> torch.Tensor:
-        """The knot positions ``[segments + 1]`` (threshold units)."""
-        return torch.linspace(self.lo, self.hi, self.segments + 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x / _channel_view(self.threshold, x)
-        return pwl_eval(u, self.values(), self.lo, self.hi)
-
-    def extra_repr(self) -> str:
-        return (
-            f"segments={self.segments}, range=({self.lo:g}, {self.hi:g}), "
-            f"learnable={not self.exact}"
-        )
-
-
-class RateRecorder:
-    """Record, per IF layer, each neuron's summed input current and spike count over one
-    simulation (a context manager over forward hooks).
-
-    Example:
-        >>> with RateRecorder(snn) as rec:  # doctest: +SKIP
-        ...     snn(x, timesteps=4)
-        ...     current, rate = rec.means("time_loop.relu", 4)
-    """
-
-    def __init__(self, snn: SpikingModel) -> None:
-        self.neurons = dict(snn.neurons())
-        self.sums: Dict[str, List[torch.Tensor]] = {}
-        self._handles: List[Any] = []
-
-    def __enter__(self) -> RateRecorder:
-        self._handles = [
-            m.register_forward_hook(self._hook(name)) for name, m in self.neurons.items()
-        ]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def clear(self) -> None:
-        """Forget what was recorded (call between inputs)."""
-        self.sums = {}
-
-    def _hook(self, name: str):
-        def record(module: IFNeuron, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor):
-            # float64 sums: the mean of T float32 inputs is then exact (bins see true values)
-            x, steps = inputs[0].detach().double(), module.steps
-            # a static-input neuron receives its (constant) current once per chunk
-            cur = x * steps if module.static_input else x.reshape((steps, -1) + x.shape[1:]).sum(0)
-            spk = output.detach().reshape((steps, -1) + output.shape[1:]).sum(0)
-            if name in self.sums:
-                self.sums[name][0] += cur
-                self.sums[name][1] += spk
-            else:
-                self.sums[name] = [cur.clone(), spk.clone()]
-
-        return record
-
-    def means(self, name: str, timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(mean input current / threshold (float64), rate) of every neuron of layer
-        ``name``, ``[B, ...]`` each, after a simulation of ``timesteps`` steps.
-
-        Raises:
-            KeyError: when the layer has not run since :meth:`clear`.
-        """
-        if name not in self.sums:
-            raise KeyError(f"IF layer {name!r} did not run since the recorder was cleared")
-        cur, spk = self.sums[name]
-        thr = _channel_view(self.neurons[name].threshold.to(cur.device).double(), cur)
-        return cur / timesteps / thr, spk / timesteps
-
-
-class _Fits:
-    """Neuron name -> fitted :class:`PiecewiseLinear`, kept in a ModuleDict on the graph
-    (ModuleDict keys may not contain dots, so names are stored with ``/``)."""
-
-    def __init__(self, store: nn.ModuleDict) -> None:
-        self.store = store
-
-    def __getitem__(self, name: str) -> PiecewiseLinear:
-        return self.store[name.replace(".", "/")]  # type: ignore[return-value]
-
-    def __setitem__(self, name: str, fit: PiecewiseLinear) -> None:
-        self.store[name.replace(".", "/")] = fit
-
-    def __contains__(self, name: str) -> bool:
-        return name.replace(".", "/") in self.store
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def items(self) -> Iterator[Tuple[str, PiecewiseLinear]]:
-        for key, fit in self.store.items():
-            yield key.replace("/", "."), fit  # type: ignore[misc]
-
-
-def fits_of(gm: nn.Module) -> _Fits:
-    """The fitted functions stored on a spiking graph (created empty when absent)."""
-    if not isinstance(getattr(gm, FITS_ATTR, None), nn.ModuleDict):
-        gm.add_module(FITS_ATTR, nn.ModuleDict())
-    return _Fits(getattr(gm, FITS_ATTR))
-
-
-def drop_fits(gm: nn.Module) -> None:
-    """Remove the fitted functions from a spiking graph, leaving exactly the converted
-    structure (so that the SNN saves and loads like any other)."""
-    if hasattr(gm, FITS_ATTR):
-        delattr(gm, FITS_ATTR)
 
 
 class BootstrapModel(nn.Module):
@@ -447,12 +246,6 @@ def _labels(batch: Any) -> torch.Tensor:
     return labels_of(batch)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def bootstrap(
     model: Union[SpikingModel, nn.Module],
     train_loader: Iterable[Any],
@@ -516,7 +309,7 @@ def bootstrap(
     from .api import convert
     from .evaluate import evaluate
 
-    _check_positive_int("timesteps", timesteps)
+    positive_int("timesteps", timesteps)
     if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
         raise ValueError(f"epochs must be a positive number, got {epochs!r}")
     if not (isinstance(resample_every, (int, float)) and resample_every > 0):
@@ -527,9 +320,7 @@ def bootstrap(
         raise ValueError(f"lr must be positive, got {lr!r}")
     if train_mode not in ("ann", "hybrid"):
         raise ValueError(f"train_mode must be 'ann' or 'hybrid', got {train_mode!r}")
-    eval_ts = sorted(
-        {timesteps, *(_check_positive_int("eval_timesteps", t) for t in eval_timesteps)}
-    )
+    eval_ts = sorted({timesteps, *(positive_int("eval_timesteps", t) for t in eval_timesteps)})
     try:
         batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError as exc:

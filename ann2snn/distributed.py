@@ -3,7 +3,8 @@
 Under ``torchrun`` (gloo on CPU, NCCL on GPUs) :func:`ann2snn.convert` and
 :func:`ann2snn.evaluate` need no change: when a process group of more than one rank is
 initialized, every rank reads only its shard of the calibration and test data
-(:func:`shard`), calibration statistics are merged across ranks (:func:`merge_observers`)
+(:func:`shard`), calibration statistics are merged across ranks
+(:func:`ann2snn.calibration.merge_observers`)
 and accuracy counts are summed, so every rank ends with the single-process result.
 
 Exactness:
@@ -64,7 +65,6 @@ __all__ = [
     "is_main",
     "local_device",
     "main_only",
-    "merge_observers",
     "print0",
     "rank",
     "shard",
@@ -273,7 +273,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return work.to(t.device)
 
 
-def _all_gather(t: torch.Tensor) -> List[torch.Tensor]:
+def all_gather(t: torch.Tensor) -> List[torch.Tensor]:
     work = t.detach().to(_comm_device()).contiguous()
     out = [torch.empty_like(work) for _ in range(world_size())]
     _collective("all_gather", torch.distributed.all_gather, out, work)
@@ -461,80 +461,3 @@ def shard(
     if not isinstance(data, DataLoader) and iter(data) is data:  # (iter() starts workers)
         return itertools.islice(data, r, max_batches, w)
     return _Strided(data, r, w, max_batches)
-
-
-# -- calibration statistics ------------------------------------------------------------------
-
-
-def merge_observers(observers: Sequence[Any]) -> None:
-    """Make every rank's observers hold the statistics of all ranks' data together.
-
-    A collective over the ranks (every rank passes its observers of the same model, in
-    the same order). Afterwards each observer's ``count`` is the global element count,
-    ``max_value`` the global maximum and, for percentile observers, ``top`` the global
-    largest values, so ``statistic()`` equals the single-process value exactly. When some
-    rank kept too few values for that (see the module docstring), ``bound_exceeded`` is
-    set on every rank, which makes :func:`~ann2snn.calibration.calibrate` run its exact
-    second pass; ``collect`` is False on every rank if it was False on any.
-
-    Args:
-        observers: the :class:`~ann2snn.calibration.ActivationObserver` s of one model.
-    """
-    from .calibration import needed_top_count
-
-    if not is_distributed() or not observers:
-        return
-    w = world_size()
-    meta = torch.tensor(
-        [
-            [
-                o.count,
-                0 if o.max_value is None else o.max_value.numel(),
-                0 if o.top is None else o.top.shape[1],
-                int(o.collect),
-            ]
-            for o in observers
-        ],
-        dtype=torch.int64,
-    )
-    gathered = torch.stack(_all_gather(meta))  # [W, observers, 4]
-    counts, rows = gathered[:, :, 0], gathered[:, :, 1].amax(dim=0)
-    kept, collected = gathered[:, :, 2], bool(gathered[:, :, 3].min() > 0)
-
-    # One all-reduce for every maximum (ranks without data contribute -inf).
-    home = next((o.max_value.device for o in observers if o.max_value is not None), None)
-    home = home or torch.device("cpu")
-    maxima = torch.full((int(rows.sum()),), float("-inf"), dtype=torch.float32, device=home)
-    offsets = [0] + torch.cumsum(rows, 0).tolist()
-    for i, o in enumerate(observers):
-        if o.max_value is not None:
-            maxima[offsets[i] : offsets[i + 1]] = o.max_value.reshape(-1).float()
-    maxima = all_reduce_max(maxima)
-
-    needed = []
-    for i, o in enumerate(observers):
-        o.count = int(counts[:, i].sum())
-        o.collect = collected
-        if int(rows[i]) > 0:
-            o.max_value = maxima[offsets[i] : offsets[i + 1]].clone()
-        if o.quantile is None or not collected or o.count == 0:
-            needed.append(None)
-            continue
-        k = needed_top_count(o.count, o.quantile)
-        needed.append(k)
-        # Exact iff every rank kept its min(k, n_r) largest values: the global k largest
-        # are among them. Otherwise calibrate() reruns with k from the global count.
-        o.bound_exceeded = any(int(kept[r, i]) < min(k, int(counts[r, i])) for r in range(w))
-    if any(o.bound_exceeded for o, k in zip(observers, needed) if k is not None):
-        return
-    for i, (o, k) in enumerate(zip(observers, needed)):
-        if k is None:
-            continue
-        width = int(kept[:, i].max())
-        padded = torch.zeros((int(rows[i]), width), dtype=torch.float32, device=home)
-        if o.top is not None:
-            padded[:, : o.top.shape[1]] = o.top
-        parts = _all_gather(padded)
-        union = torch.cat([p[:, : int(kept[r, i])] for r, p in enumerate(parts)], dim=1)
-        top = torch.topk(union, min(k, union.shape[1]), dim=1, largest=True, sorted=False).values
-        o.top = torch.sort(top, dim=1).values

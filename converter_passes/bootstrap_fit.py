@@ -23,9 +23,10 @@ import torch
 from torch import fx, nn
 from tqdm import tqdm
 
-from ann2snn.bootstrap import PiecewiseLinear, RateRecorder, fits_of, pwl_eval
+from ann2snn._checks import device_of, positive_int
 from ann2snn.calibration import batch_count_bound, iter_inputs
 from ann2snn.neuron import IFNeuron
+from ann2snn.pwl import PiecewiseLinear, RateRecorder, fits_of, pwl_eval
 from ann2snn.spiking import SpikingModel
 
 #: Default input-current range sampled and fitted, in units of the threshold.
@@ -186,12 +187,9 @@ def sample_rates(
     """
     _check_spiking_graph(snn.graph_module)
     lo, hi = check_sample_range(sample_range)
-    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
-        raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    timesteps, bins = positive_int("timesteps", timesteps), positive_int("bins", bins)
     acc = {name: _BinAccumulator(lo, hi, bins) for name, _ in snn.neurons()}
-    device = next((t.device for t in snn.graph_module.parameters()), torch.device("cpu"))
+    device = device_of(snn.graph_module)
     batches = 0
     bar = tqdm(
         iter_inputs(data, max_batches),
@@ -282,8 +280,7 @@ def fit_monotone_pwl(
     Raises:
         ValueError: on a bad range or segment count, or mismatched shapes.
     """
-    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
-        raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    segments = positive_int("segments", segments)
     if not lo < hi:
         raise ValueError(f"the fit range needs lo < hi, got ({lo}, {hi})")
     if not (current.shape == rate.shape == weight.shape):
@@ -364,8 +361,7 @@ def bootstrap_fit(
     """
     _check_spiking_graph(gm)
     lo, hi = check_sample_range(sample_range)
-    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
-        raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    segments = positive_int("segments", segments)
     snn = SpikingModel(gm)
     samples = sample_rates(
         snn,
