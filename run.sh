@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a virtual environment (once) and run the demo or the tests.
 #   bash run.sh demo     convert a bundled model, print its accuracy-versus-T table
-#   bash run.sh test     run the test suite
+#   bash run.sh test     lint (ruff) and run the whole test suite, slow tests included (CI)
+#   bash run.sh test tests/test_modes.py [-k ...]   run just those tests (slow ones
+#                        deselected unless you pass -m slow)
 # Extra arguments go to the command (e.g. `bash run.sh test -k fold`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,6 +25,13 @@ cmd=${1:-test}
 shift || true
 case "$cmd" in
   demo) exec ann2snn demo "$@" ;;
-  test) exec python -m pytest -q tests "$@" ;;
+  test)
+    if [ $# -eq 0 ]; then
+      ruff check .
+      ruff format --check $(git ls-files '*.py' 2>/dev/null || find . -name '*.py' -not -path './.venv/*')
+      # pyproject's addopts deselect slow tests; the full run selects them again.
+      exec python -m pytest -q -m "slow or not slow" tests
+    fi
+    exec python -m pytest -q "$@" ;;
   *) echo "usage: bash run.sh demo|test [args...]" >&2; exit 2 ;;
 esac

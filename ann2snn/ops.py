@@ -23,7 +23,7 @@ per device; those kernels are bit-identical to the reference.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -222,7 +222,19 @@ def _cumulative_max_pool2d_fake(x, total, last, kernel_size, stride, padding, di
 _lib.impl("cumulative_max_pool2d", cumulative_max_pool2d_reference, "CompositeExplicitAutograd")
 torch.library.register_fake(_POOL_OP, _cumulative_max_pool2d_fake, lib=_lib)
 
-_BUILD = _build.build_and_load()
+_BUILD: Optional[_build.BuildResult] = None
+
+
+def ensure_built() -> _build.BuildResult:
+    """Build (or load from the cache) the compiled kernels, once, on first use.
+
+    ``import ann2snn`` stays cheap: the first simulation, or :func:`backend_info`, pays
+    the build. Until then ``torch.ops.ann2snn.*`` dispatch to the pure-torch reference.
+    """
+    global _BUILD
+    if _BUILD is None:
+        _BUILD = _build.build_and_load()
+    return _BUILD
 
 
 def cumulative_max_pool2d(
@@ -249,6 +261,7 @@ def cumulative_max_pool2d(
         ([1.0, 0.0], [1.0, 1.0])
     """
     pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]  # noqa: E731
+    ensure_built()
     return torch.ops.ann2snn.cumulative_max_pool2d(
         x,
         total,
@@ -291,6 +304,7 @@ def if_multistep(x: Tensor, v: Tensor, threshold: Union[Tensor, float]) -> Tuple
     """
     if not isinstance(threshold, Tensor):
         threshold = torch.tensor([float(threshold)], dtype=torch.float32, device=x.device)
+    ensure_built()
     return torch.ops.ann2snn.if_multistep(x, v, threshold)
 
 
@@ -302,15 +316,16 @@ def backend_info() -> Dict[str, Any]:
         "unavailable", "reason": str | None, "library": str | None,
         "build_seconds": float}``.
     """
+    build = ensure_built()
     return {
-        "cpu": _BUILD.cpu,
-        "cuda": _BUILD.cuda,
-        "reason": _BUILD.reason,
-        "library": _BUILD.library,
-        "build_seconds": round(_BUILD.seconds, 3),
+        "cpu": build.cpu,
+        "cuda": build.cuda,
+        "reason": build.reason,
+        "library": build.library,
+        "build_seconds": round(build.seconds, 3),
     }
 
 
 def compiled_cpu_available() -> bool:
     """True when the compiled C++ kernel serves ``if_multistep`` on the CPU."""
-    return _BUILD.cpu == "compiled"
+    return ensure_built().cpu == "compiled"

@@ -1,4 +1,4 @@
-"""The ``ann2snn`` command: ``convert``, ``eval``, ``info`` and ``demo``.
+"""The ``ann2snn`` command: ``convert``, ``eval``, ``info``, ``demo`` and ``bootstrap``.
 
 Each subcommand is one module with ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``,
 ``add_arguments(parser)`` and ``run(args) -> int``, registered once in
