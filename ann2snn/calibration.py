@@ -8,6 +8,7 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ._checks import device_of
 from .tracing import register_leaf_module
 
 INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
@@ -184,14 +185,6 @@ def observers_of(module: nn.Module) -> List[ActivationObserver]:
     return [m for m in module.modules() if isinstance(m, ActivationObserver)]
 
 
-def _model_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 def _run(module: nn.Module, inputs: Iterable[torch.Tensor], device, progress: bool, total):
     from tqdm.auto import tqdm
 
@@ -228,7 +221,7 @@ def calibrate(
     from . import distributed
 
     observers = observers_of(module)
-    device = device or _model_device(module)
+    device = device or device_of(module)
     bound = batch_count_bound(data, max_batches)
     sharded = distributed.is_distributed()
     if sharded:  # this rank's batches only; `bound` stays global (see ann2snn/distributed.py)
