@@ -134,7 +134,7 @@ def set_levels(gm: nn.Module, levels: Optional[int]) -> nn.Module:
         ValueError: for a ``levels`` that is not a positive integer or None.
     """
     if levels is not None:
-        levels = positive_int("levels (time steps)", levels)
+        levels = positive_int("levels", levels)
     for m in rounded_activations(gm):
         m.levels = levels
     return gm

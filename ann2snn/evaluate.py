@@ -152,7 +152,10 @@ def _check_timesteps(timesteps: Any) -> List[int]:
         timesteps = [timesteps]
     elif isinstance(timesteps, torch.Tensor):
         timesteps = timesteps.reshape(-1).tolist()
-    ts = sorted({positive_int("timesteps", t) for t in timesteps})
+    try:
+        ts = sorted({positive_int("timesteps", t) for t in timesteps})
+    except ValueError:
+        raise ValueError(f"timesteps must be positive integers, got {list(timesteps)}") from None
     if not ts:
         raise ValueError("timesteps must name at least one number of time steps, got none")
     return ts

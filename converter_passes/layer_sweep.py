@@ -156,7 +156,12 @@ def collect_inputs(
     Raises:
         ValueError: when ``data`` yields no input or ``max_samples`` is not positive.
     """
-    max_samples = positive_int("the sweep's number of samples", max_samples)
+    try:
+        max_samples = positive_int("max_samples", max_samples)
+    except ValueError:
+        raise ValueError(
+            f"the sweep needs a positive number of samples, got {max_samples!r}"
+        ) from None
     parts: List[torch.Tensor] = []
     have = 0
     for x in iter_inputs(data, max_batches):
