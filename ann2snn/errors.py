@@ -9,3 +9,7 @@ class ConversionError(ValueError):
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset could not be found; the message says where we looked and how to get it."""
+
+
+class SNNFileError(ValueError):
+    """A saved SNN file is damaged; the message names the damaged part."""

@@ -53,6 +53,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import fx, nn
 
+from .config import ConversionConfig
 from .export_import import import_exported_program
 
 __all__ = [
@@ -633,20 +634,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# convert() arguments that are not conversion options (data, tracing aids, display).
-_NOT_OPTIONS = ("model", "calib_data", "calib_batches", "leaf_modules", "concrete_args", "progress")
-
-
-def _convert_options() -> List[str]:
-    """Names of the options of :func:`ann2snn.convert` that shape the converted network."""
-    import inspect
-
-    from .api import convert
-
-    params = inspect.signature(convert).parameters
-    return [name for name in params if name not in _NOT_OPTIONS]
-
-
 def _options_of(snn: Any) -> Dict[str, Any]:
     meta = snn.meta
     missing = [k for k in ("mode", "input_shape") if k not in meta]
@@ -656,7 +643,7 @@ def _options_of(snn: Any) -> Dict[str, Any]:
         )
     # Every conversion option convert() records in meta, so that load_snn rebuilds the
     # same graph (options added later, such as a max-pooling method, are kept too).
-    options = {k: _jsonable(meta[k]) for k in _convert_options() if k in meta}
+    options = {k: _jsonable(meta[k]) for k in ConversionConfig.option_names() if k in meta}
     options["mode"] = str(meta["mode"])
     options["input_shape"] = [int(s) for s in meta["input_shape"]]
     return options
@@ -721,9 +708,112 @@ def save_snn(
         "probe": {"input": probe, "ann_output": ann_out.detach().cpu().float()},
         "provenance": _jsonable(dict(provenance or {})),
     }
+    payload["checksum"] = _checksum(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     write_atomic(str(path), buf.getvalue())
+
+
+# The parts of an SNN file that the checksum covers one by one, so that a mismatch can be
+# named; the tensors of ``snn_state`` and of an ANN ``state_dict`` are each their own part.
+_CHECKSUM_ALGORITHM = "sha256"
+# Entries of ``snn_state`` that are never legitimately NaN or infinite.
+_FINITE_ENTRIES = ("threshold", "v_init_channels", "scale", "clip", "weight", "bias", "shift")
+
+
+def _digest_into(h: Any, value: Any) -> None:
+    """Feed a canonical byte form of ``value`` (tensors: dtype, shape, raw bytes) to ``h``."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{list(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, Mapping):
+        h.update(b"{")
+        for k in sorted(value, key=str):
+            h.update(repr(str(k)).encode())
+            _digest_into(h, value[k])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _digest_into(h, v)
+        h.update(b"]")
+    elif isinstance(value, (bytes, bytearray)):
+        h.update(b"B%d:" % len(value) + bytes(value))
+    else:
+        h.update(f"{type(value).__name__}:{value!r}".encode())
+
+
+def _checksum_parts(payload: Mapping[str, Any]) -> Dict[str, str]:
+    import hashlib
+
+    def digest(value: Any) -> str:
+        h = hashlib.sha256()
+        _digest_into(h, value)
+        return h.hexdigest()
+
+    parts: Dict[str, str] = {}
+    for key in sorted(payload):
+        if key == "checksum":
+            continue
+        value = payload[key]
+        if key == "snn_state" and isinstance(value, Mapping):
+            for name, tensor in value.items():
+                parts[f"snn_state[{name!r}]"] = digest(tensor)
+        elif key == "ann_source" and isinstance(value, Mapping):
+            for name, item in value.items():
+                if name == "state_dict" and isinstance(item, Mapping):
+                    for wname, tensor in item.items():
+                        parts[f"ann_source.state_dict[{wname!r}]"] = digest(tensor)
+                else:
+                    parts[f"ann_source.{name}"] = digest(item)
+        else:
+            parts[key] = digest(value)
+    return parts
+
+
+def _checksum(payload: Mapping[str, Any]) -> Dict[str, Any]:
+    """A SHA-256 per part of ``payload`` (every tensor record and every metadata entry)."""
+    return {"algorithm": _CHECKSUM_ALGORITHM, "parts": _checksum_parts(payload)}
+
+
+def _verify_payload(data: Mapping[str, Any], path: Any) -> None:
+    """Check the file's checksum (when it has one) and that calibrated values are finite.
+
+    Files written before checksums were added have none; they are still read, with the
+    finiteness check only.
+
+    Raises:
+        SNNFileError: naming the damaged part.
+    """
+    from .errors import SNNFileError
+
+    damaged = (
+        f"{path} is damaged: {{}}. The file was changed after ann2snn wrote it (a disk or "
+        "transfer error, or an edit); convert the model again or use an intact copy."
+    )
+    recorded = data.get("checksum")
+    if recorded is not None:
+        parts = recorded.get("parts") if isinstance(recorded, Mapping) else None
+        if not isinstance(parts, Mapping) or recorded.get("algorithm") != _CHECKSUM_ALGORITHM:
+            raise SNNFileError(damaged.format("its checksum record is unreadable"))
+        actual = _checksum_parts(data)
+        bad = [k for k in sorted(set(parts) | set(actual)) if parts.get(k) != actual.get(k)]
+        if bad:
+            shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+            raise SNNFileError(damaged.format(f"the SHA-256 checksum of {shown} does not match"))
+    state = data.get("snn_state")
+    if not isinstance(state, Mapping):
+        raise SNNFileError(damaged.format("it has no converted state (snn_state)"))
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise SNNFileError(damaged.format(f"snn_state[{name!r}] is not a tensor"))
+        if (
+            name.rpartition(".")[2] in _FINITE_ENTRIES
+            and tensor.is_floating_point()
+            and not bool(torch.isfinite(tensor).all())
+        ):
+            raise SNNFileError(damaged.format(f"snn_state[{name!r}] holds NaN or infinite values"))
 
 
 def _version() -> str:
@@ -737,6 +827,7 @@ def read_snn_header(path: PathLike) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
+        SNNFileError: the file is damaged (checksum mismatch, non-finite calibrated values).
         ValueError: the file is not an ann2snn SNN file.
     """
     path = pathlib.Path(path)
@@ -753,6 +844,7 @@ def read_snn_header(path: PathLike) -> Dict[str, Any]:
             f"{path} uses SNN file format version {data['version']}, newer than this ann2snn "
             f"reads ({SNN_FORMAT_VERSION}); upgrade ann2snn"
         )
+    _verify_payload(data, path)
     return data
 
 
@@ -761,8 +853,12 @@ def is_snn_file(path: PathLike) -> bool:
     path = pathlib.Path(path)
     if not path.is_file() or _sniff(path) != "torch":
         return False
+    from .errors import SNNFileError
+
     try:
         read_snn_header(path)
+    except SNNFileError:
+        return True  # an SNN file, damaged: loading it reports what is damaged
     except ValueError:
         return False
     return True
@@ -836,7 +932,7 @@ def load_snn(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
         )
     opts = dict(data["options"])
     shape = opts.pop("input_shape")
-    unknown = sorted(set(opts) - set(_convert_options()))
+    unknown = sorted(set(opts) - set(ConversionConfig.option_names()))
     if unknown:
         raise ValueError(
             f"{path} was converted with options {unknown} that this ann2snn version does not "

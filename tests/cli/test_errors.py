@@ -346,3 +346,19 @@ def test_error_from_the_installed_command(tmp_path, cli) -> None:
     assert "Traceback" not in result.stderr
     assert "no such file" in result.stderr
     assert result.stdout == ""
+
+
+def test_eval_of_a_damaged_snn_file(tmp_path, snn_file, capsys) -> None:
+    data = torch.load(snn_file, weights_only=True)
+    name = next(k for k in data["snn_state"] if k.endswith(".threshold"))
+    data["snn_state"][name][0] *= 1.5  # what one flipped exponent bit does
+    damaged = tmp_path / "damaged.pt"
+    torch.save(data, damaged)
+    before = {p.name for p in tmp_path.iterdir()}
+    rc, out, err = run_main(
+        ["eval", str(damaged), "--data", "fashion-mnist", "--limit", "16", "--timesteps", "4"],
+        capsys,
+    )
+    assert_user_error(rc, err, "is damaged", name, "does not match")
+    assert len(err.strip().splitlines()) == 1 and out == ""
+    assert_nothing_written(tmp_path, before)
