@@ -41,18 +41,7 @@ void pool_plane_general(const float* S, const PoolGeometry& g, float* M) {
     const int64_t h0 = ho * g.sh - g.ph;
     for (int64_t wo = 0; wo < g.Wo; ++wo) {
       const int64_t w0 = wo * g.sw - g.pw;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t h = h0 + i * g.dh;
-        if (h < 0 || h >= g.H) continue;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t w = w0 + j * g.dw;
-          if (w < 0 || w >= g.W) continue;
-          const float v = S[h * g.W + w];
-          // NaN propagates, as in torch's max pooling.
-          if (v > m || v != v) m = v;
-        }
-      }
+      const float m = window_max(S, g, h0, w0);
       M[ho * g.Wo + wo] = m;
     }
   }

@@ -4,7 +4,14 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
+
+#ifdef __CUDACC__
+#define ANN2SNN_HOST_DEVICE __host__ __device__
+#else
+#define ANN2SNN_HOST_DEVICE
+#endif
 
 namespace ann2snn {
 
@@ -12,6 +19,25 @@ struct PoolGeometry {
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
   int64_t H, W, Ho, Wo;
 };
+
+// The max of one pooling window of the plane S (H x W) whose top-left tap is (h0, w0),
+// taps scanned in row order; NaN propagates, as in torch's max pooling. CPU and CUDA
+// kernels share it, so their results are bit-identical.
+ANN2SNN_HOST_DEVICE inline float window_max(const float* S, const PoolGeometry& g, int64_t h0,
+                                            int64_t w0) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t h = h0 + i * g.dh;
+    if (h < 0 || h >= g.H) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t w = w0 + j * g.dw;
+      if (w < 0 || w >= g.W) continue;
+      const float v = S[h * g.W + w];
+      if (v > m || v != v) m = v;
+    }
+  }
+  return m;
+}
 
 inline int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
   // Same formula as torch's pooling_output_shape.

@@ -58,17 +58,7 @@ __global__ void cumulative_max_pool2d_kernel(const float* __restrict__ x,
         if (o >= ohw) continue;
         const int64_t h0 = (o / g.Wo) * g.sh - g.ph;
         const int64_t w0 = (o % g.Wo) * g.sw - g.pw;
-        float m = -__int_as_float(0x7f800000);  // -inf
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t h = h0 + i * g.dh;
-          if (h < 0 || h >= g.H) continue;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t w = w0 + j * g.dw;
-            if (w < 0 || w >= g.W) continue;
-            const float v = S[h * g.W + w];
-            if (v > m || v != v) m = v;
-          }
-        }
+        const float m = window_max(S, g, h0, w0);
         __stcs(ot + o, __fsub_rn(m, P[k]));
         P[k] = m;
       }
