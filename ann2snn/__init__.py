@@ -6,13 +6,13 @@ Example:
     >>> curve = ann2snn.evaluate(snn, test_loader, timesteps=[8, 32, 128])  # doctest: +SKIP
 """
 
-from .api import convert
-from .bootstrap import bootstrap
-from .errors import ConversionError, DataNotFoundError
-from .evaluate import AccuracyCurve, evaluate
-from .modes import parse_mode
-from .neuron import Activation, IFNeuron
-from .spiking import SpikingModel
+from ann2snn.analysis.evaluate import AccuracyCurve, evaluate
+from ann2snn.api import convert
+from ann2snn.errors import ConversionError, DataNotFoundError
+from ann2snn.modes import parse_mode
+from ann2snn.runtime.neuron import Activation, IFNeuron
+from ann2snn.runtime.spiking_model import SpikingModel
+from ann2snn.training.bootstrap import bootstrap
 
 __version__ = "0.1.0"
 

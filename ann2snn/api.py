@@ -10,11 +10,11 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Type, Union
 import torch
 from torch import fx, nn
 
-from ._checks import device_of, optional_positive_int
-from .calibration import iter_inputs
-from .config import ConversionConfig, options_docstring
-from .spiking import SpikingModel
-from .tracing import trace
+from ann2snn._checks import device_of, optional_positive_int
+from ann2snn.calibration import iter_inputs
+from ann2snn.config import ConversionConfig, options_docstring
+from ann2snn.runtime.spiking_model import SpikingModel
+from ann2snn.tracing import trace
 
 
 def convert(

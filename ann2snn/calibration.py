@@ -8,8 +8,8 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ._checks import device_of
-from .tracing import register_leaf_module
+from ann2snn._checks import device_of
+from ann2snn.tracing import register_leaf_module
 
 INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
 
@@ -218,7 +218,7 @@ def calibrate(
     Raises:
         ValueError: when ``data`` yields no batch.
     """
-    from . import distributed
+    from ann2snn import distributed
 
     observers = observers_of(module)
     device = device or device_of(module)
@@ -276,7 +276,7 @@ def merge_observers(observers: Sequence[Any]) -> None:
     Args:
         observers: the :class:`~ann2snn.calibration.ActivationObserver` s of one model.
     """
-    from . import distributed
+    from ann2snn import distributed
 
     if not distributed.is_distributed() or not observers:
         return

@@ -2,7 +2,8 @@
 
 Every option that shapes a converted network is a field here, with its default, its check,
 its help text and its flag on the command line. :func:`ann2snn.convert`, the pipeline,
-:func:`ann2snn.ceiling.quantized_ann`, SNN files (``meta``) and the ``ann2snn`` command all
+:func:`ann2snn.analysis.rounding_ceiling.quantized_ann`, SNN files (``meta``) and the
+``ann2snn`` command all
 read the options from this class, so adding one means a field here and the pass that
 reads it.
 
@@ -18,8 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ._checks import finite_float, positive_int
-from .modes import NormMode, parse_mode
+from ann2snn._checks import finite_float, positive_int
+from ann2snn.modes import NormMode, parse_mode
 
 #: Max-pooling conversion methods (``maxpool``), see ``converter_passes/convert_maxpool.py``.
 MAXPOOL_METHODS: Dict[str, str] = {

@@ -15,7 +15,7 @@ ANN inputs (:func:`load_model`):
   (``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.ReLU`` ...) so the converter treats it like
   a hand-written model;
 * an ONNX file (``.onnx``, external weight data next to it is read), imported with
-  :func:`ann2snn.onnx_import.import_onnx`.
+  :func:`ann2snn.frontends.onnx.importer.import_onnx`.
 
 SNN files (:func:`save_snn` / :func:`load_snn`) are ``torch.save`` dicts that
 ``torch.load(weights_only=True)`` reads: only tensors, numbers, strings, bytes, lists and
@@ -53,8 +53,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import fx, nn
 
-from .config import ConversionConfig
-from .export_import import import_exported_program
+from ann2snn.config import ConversionConfig
+from ann2snn.frontends.torch_export import import_exported_program
 
 __all__ = [
     "SNN_FORMAT",
@@ -437,7 +437,7 @@ def _onnx_input_shape(proto: Any) -> Optional[Tuple[int, ...]]:
 def _load_onnx(path: pathlib.Path) -> LoadedModel:
     import onnx
 
-    from .onnx_import import import_onnx
+    from ann2snn.frontends.onnx.importer import import_onnx
 
     module = import_onnx(str(path))
     data = _onnx_bytes(path)
@@ -597,7 +597,7 @@ def model_from_source(source: Mapping[str, Any], trust_checkpoint: bool = False)
     elif kind == "onnx":
         import onnx
 
-        from .onnx_import import import_onnx
+        from ann2snn.frontends.onnx.importer import import_onnx
 
         model = import_onnx(onnx.load_from_string(source["data"]))
     elif kind == "export":
@@ -660,7 +660,7 @@ def save_snn(
     """Write a converted SNN to ``path`` atomically (temporary file + rename).
 
     Args:
-        snn: a :class:`~ann2snn.spiking.SpikingModel` from :func:`ann2snn.convert`.
+        snn: a :class:`~ann2snn.runtime.spiking_model.SpikingModel` from :func:`ann2snn.convert`.
         path: the output file (conventionally ``.pt``).
         source: how to rebuild the ANN (``LoadedModel.source``); by default the source
             :func:`load_model` attached to the ANN, else the ANN is stored pickled (and
@@ -672,7 +672,7 @@ def save_snn(
         FileExistsError: ``path`` exists and ``overwrite`` is false.
         ValueError: ``snn`` was not made by :func:`ann2snn.convert`.
     """
-    from .evaluate import write_atomic
+    from ann2snn.analysis.evaluate import write_atomic
 
     path = pathlib.Path(path)
     if path.exists() and not overwrite:
@@ -683,7 +683,7 @@ def save_snn(
     src = dict(source) if source is not None else _source_of(snn.ann)
     if src is None:
         warnings.warn(
-            "the ANN was not read with ann2snn.io.load_model, so it is saved pickled; "
+            "the ANN was not read with ann2snn.snn_file.load_model, so it is saved pickled; "
             "loading the file will need trust_checkpoint=True",
             stacklevel=2,
         )
@@ -786,7 +786,7 @@ def _verify_payload(data: Mapping[str, Any], path: Any) -> None:
     Raises:
         SNNFileError: naming the damaged part.
     """
-    from .errors import SNNFileError
+    from ann2snn.errors import SNNFileError
 
     damaged = (
         f"{path} is damaged: {{}}. The file was changed after ann2snn wrote it (a disk or "
@@ -817,7 +817,7 @@ def _verify_payload(data: Mapping[str, Any], path: Any) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from ann2snn import __version__
 
     return str(__version__)
 
@@ -853,7 +853,7 @@ def is_snn_file(path: PathLike) -> bool:
     path = pathlib.Path(path)
     if not path.is_file() or _sniff(path) != "torch":
         return False
-    from .errors import SNNFileError
+    from ann2snn.errors import SNNFileError
 
     try:
         read_snn_header(path)
@@ -909,14 +909,14 @@ def load_snn(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
         trust_checkpoint: allow ANN sources that run code (see :func:`model_from_source`).
 
     Returns:
-        The :class:`~ann2snn.spiking.SpikingModel`, identical to the one saved.
+        The :class:`~ann2snn.runtime.spiking_model.SpikingModel`, identical to the one saved.
 
     Raises:
         FileNotFoundError: no such file.
         UntrustedFileError: the ANN source runs code and the file is not trusted.
         ValueError: not an SNN file, or its contents do not fit this ann2snn version.
     """
-    from .api import convert
+    from ann2snn.api import convert
 
     data = read_snn_header(path)
     ann = model_from_source(data["ann_source"], trust_checkpoint=trust_checkpoint)

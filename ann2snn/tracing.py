@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 import torch
 from torch import fx, nn
 
-from .errors import ConversionError
+from ann2snn.errors import ConversionError
 
 _FRAME = re.compile(r'\s*File "([^"]+)", line (\d+)')
 _LIBRARY_PARTS = ("/torch/", "/ann2snn/tracing.py", "/ann2snn/api.py")

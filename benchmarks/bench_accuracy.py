@@ -50,7 +50,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader, Subset
 
 import ann2snn
-from ann2snn.evaluate import evaluate, write_atomic
+from ann2snn.analysis.evaluate import evaluate, write_atomic
 
 TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 BUNDLED = ("fmnist_avgpool_cnn", "fmnist_maxpool_cnn", "fmnist_resnet", "mnist_cnn")
@@ -79,8 +79,8 @@ SPIKINGJELLY = (
 
 def _model(spec: str) -> Tuple[nn.Module, str, str]:
     """(ANN, display name, dataset) for a bundled name or a checkpoint path."""
-    from ann2snn.io import load_model
     from ann2snn.models import MODEL_DATASETS, load_checkpoint
+    from ann2snn.snn_file import load_model
 
     loaded = load_model(spec)
     name = os.path.splitext(os.path.basename(spec))[0]
@@ -188,7 +188,7 @@ def load_bench_data(
     Raises:
         ValueError: when the dataset of a checkpoint is unknown and not given.
     """
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     ann, name, ds = _model(spec)
     ds = dataset or ds

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 import ann2snn
-from ann2snn.data import make_loader
+from ann2snn.data.datasets import make_loader
 from ann2snn.models import load_pretrained
 
 MODELS = ("fmnist_resnet", "fmnist_maxpool_cnn")

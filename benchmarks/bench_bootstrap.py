@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import ann2snn
-from ann2snn.data import load_dataset
+from ann2snn.data.datasets import load_dataset
 from ann2snn.models import MODEL_DATASETS, load_pretrained, model_from_checkpoint
 
 DEFAULT_MODELS = "fmnist_avgpool_cnn,fmnist_maxpool_cnn,fmnist_resnet"

@@ -6,7 +6,8 @@ For each model and T, in one run on the same calibration and test images as
 * ``ANN``: the trained network;
 * ``rounded to T levels``: the ANN with every activation clipped at its conversion
   threshold and rounded to the nearest of ``0, 1/T, ..., 1`` of it
-  (:func:`ann2snn.ceiling.quantized_ann`): what a rate-coded SNN with these thresholds
+  (:func:`ann2snn.analysis.rounding_ceiling.quantized_ann`): what a rate-coded SNN with
+  these thresholds
   computes if its spikes arrive perfectly evenly. ANN minus this row is the clipping and
   quantization error of the thresholds; this row minus the SNN is the error of the spike
   dynamics (negative where calibrated potentials round better than to the nearest level);
@@ -41,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_accuracy import bench_arguments, load_bench_data, load_results  # noqa: E402
 
 import ann2snn  # noqa: E402
-from ann2snn.ceiling import quantized_ann, rounded_activations, set_levels  # noqa: E402
-from ann2snn.evaluate import evaluate, write_atomic  # noqa: E402
+from ann2snn.analysis.evaluate import evaluate, write_atomic  # noqa: E402
+from ann2snn.analysis.rounding_ceiling import quantized_ann, rounded_activations, set_levels  # noqa: E402
 
 FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.15)
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import ann2snn
-from ann2snn.data import load_dataset
+from ann2snn.data.datasets import load_dataset
 from ann2snn.models import MODEL_DATASETS, get_model, load_pretrained
 
 

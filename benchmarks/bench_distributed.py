@@ -33,7 +33,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     import ann2snn
     from ann2snn import distributed
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
     from ann2snn.models import load_checkpoint, load_pretrained, model_from_checkpoint
 
     torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ import time
 import torch
 
 import ann2snn
-from ann2snn.data import load_dataset
+from ann2snn.data.datasets import load_dataset
 from ann2snn.models import MODEL_DATASETS, get_model, load_pretrained
 
 

@@ -23,7 +23,7 @@ import torch
 
 import ann2snn
 from ann2snn.converter_passes.convert_maxpool import MAXPOOL_METHODS
-from ann2snn.data import make_loader
+from ann2snn.data.datasets import make_loader
 from ann2snn.models import load_checkpoint, load_pretrained, model_from_checkpoint
 
 TIMESTEPS = (4, 8, 16, 32, 64, 128)

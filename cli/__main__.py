@@ -2,6 +2,6 @@
 
 import sys
 
-from .main import main
+from ann2snn.cli.main import main
 
 sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from .common import (
+from ann2snn.cli.common import (
     CLIError,
     add_conversion_arguments,
     add_data_arguments,
@@ -25,7 +25,7 @@ from .common import (
     to_device,
     validate_mode,
 )
-from .data_sources import open_data
+from ann2snn.cli.data_sources import open_data
 
 SUMMARY = "fine-tune an SNN for very few time steps T (bootstrap training)"
 DESCRIPTION = """\
@@ -170,9 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import ann2snn
-    from ann2snn import io as snn_io
+    from ann2snn import snn_file as snn_io
+    from ann2snn.analysis.evaluate import write_atomic
     from ann2snn.converter_passes.bootstrap_fit import check_sample_range
-    from ann2snn.evaluate import write_atomic
 
     validate_mode(args.mode)
     try:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .data_sources import DataOptions, DataSource, open_data, parse_floats
+from ann2snn.cli.data_sources import DataOptions, DataSource, open_data, parse_floats
 
 
 class CLIError(ValueError):
@@ -404,14 +404,14 @@ class Opened:
     """A MODEL argument: a loaded SNN, or an ANN still to convert."""
 
     snn: Any = None
-    loaded: Any = None  # ann2snn.io.LoadedModel
+    loaded: Any = None  # ann2snn.snn_file.LoadedModel
     hints: ModelHints = None  # type: ignore[assignment]
     description: str = ""
 
 
 def open_model(args: argparse.Namespace, path: str) -> Opened:
     """Read MODEL: an SNN file (``ann2snn convert`` output) or any ANN input."""
-    from ann2snn import io as snn_io
+    from ann2snn import snn_file as snn_io
     from ann2snn.models import MODEL_DATASETS
 
     if os.path.isfile(path) and snn_io.is_snn_file(path):

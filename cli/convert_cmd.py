@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ann2snn.distributed import is_main
-
-from .common import (
+from ann2snn.cli.common import (
     CLIError,
     add_conversion_arguments,
     add_data_arguments,
@@ -25,6 +23,7 @@ from .common import (
     start_distributed,
     validate_mode,
 )
+from ann2snn.distributed import is_main
 
 SUMMARY = "convert a trained ANN into a spiking network (SNN) file"
 DESCRIPTION = """\
@@ -71,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ann2snn import io as snn_io
+    from ann2snn import snn_file as snn_io
 
     distributed = start_distributed(args)  # under torchrun: this rank's share of the data
     validate_mode(args.mode)

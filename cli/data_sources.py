@@ -4,7 +4,7 @@ A DATA argument is one of:
 
 * a dataset name, ``mnist`` or ``fashion-mnist`` (also ``fmnist``), optionally with the
   folder holding its IDX files: ``mnist:/data/mnist`` (otherwise the usual places are
-  searched, see :func:`ann2snn.data.find_data_root`); calibration reads the training
+  searched, see :func:`ann2snn.data.datasets.find_data_root`); calibration reads the training
   split, evaluation the test split;
 * a folder of IDX files (``train-images-idx3-ubyte.gz`` ...);
 * an image folder with one sub-folder per class (``torchvision.datasets.ImageFolder``),
@@ -253,7 +253,7 @@ def _dataset_name(text: str) -> Optional[str]:
 
 def _check_dataset_folder(name: str, root: str, split: str) -> None:
     """An explicit folder must hold the files itself: never fall back to other places."""
-    from ann2snn.data import find_data_root
+    from ann2snn.data.datasets import find_data_root
 
     folder = pathlib.Path(root).expanduser()
     if not folder.is_dir():
@@ -293,7 +293,7 @@ def open_data(
         FileNotFoundError: the file, folder or dataset does not exist.
         ValueError: unreadable or unsuitable data, or bad options.
     """
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     mean, std = _stats(options.mean, "--mean"), _stats(options.std, "--std")
     if options.limit is not None and options.limit <= 0:

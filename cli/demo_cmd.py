@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_runtime_arguments, check_outputs, positive_int
+from ann2snn.cli.common import add_runtime_arguments, check_outputs, positive_int
 
 MODEL = "fmnist_avgpool_cnn"
 SUMMARY = f"convert and evaluate the bundled {MODEL} on Fashion-MNIST (no arguments needed)"
@@ -51,11 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import ann2snn
-    from ann2snn import io as snn_io
-    from ann2snn.data import make_loader
+    from ann2snn import snn_file as snn_io
+    from ann2snn.cli.common import count_neurons, parse_timesteps, to_device
+    from ann2snn.data.datasets import make_loader
     from ann2snn.models import pretrained_info
-
-    from .common import count_neurons, parse_timesteps, to_device
 
     timesteps = parse_timesteps(args.timesteps)
     check_outputs([args.plot, args.output], args.force, [])

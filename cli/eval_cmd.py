@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ann2snn.distributed import is_main
-
-from .common import (
+from ann2snn.cli.common import (
     CLIError,
     add_conversion_arguments,
     add_data_arguments,
@@ -26,7 +24,8 @@ from .common import (
     to_device,
     validate_mode,
 )
-from .data_sources import open_data
+from ann2snn.cli.data_sources import open_data
+from ann2snn.distributed import is_main
 
 SUMMARY = "measure SNN accuracy for each number of time steps T"
 DESCRIPTION = """\

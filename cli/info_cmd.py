@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (
+from ann2snn.cli.common import (
     add_conversion_arguments,
     add_data_arguments,
     add_model_arguments,
@@ -21,7 +21,7 @@ from .common import (
     to_device,
     validate_mode,
 )
-from .data_sources import open_data
+from ann2snn.cli.data_sources import open_data
 
 SUMMARY = "show an SNN's layers, neurons and thresholds; with --data, activity and energy"
 DESCRIPTION = """\
@@ -92,7 +92,7 @@ def _backend_line() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ann2snn.diagnostics import layer_report, structure_table
+    from ann2snn.analysis.diagnostics import layer_report, structure_table
 
     validate_mode(args.mode)
     check_outputs([args.json], args.force, [args.model])
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report.table())
     if args.json:
-        from ann2snn.evaluate import write_atomic
+        from ann2snn.analysis.evaluate import write_atomic
 
         write_atomic(args.json, json.dumps(report.to_dict(), indent=2).encode())
         print(f"wrote {args.json}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import bootstrap_cmd, convert_cmd, demo_cmd, eval_cmd, info_cmd
+from ann2snn.cli import bootstrap_cmd, convert_cmd, demo_cmd, eval_cmd, info_cmd
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
 

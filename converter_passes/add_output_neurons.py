@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import fx
 
 from ann2snn.errors import ConversionError
-from ann2snn.neuron import Activation
+from ann2snn.runtime.neuron import Activation
 from ann2snn.tracing import add_submodule, finish
 
 

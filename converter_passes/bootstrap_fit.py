@@ -9,7 +9,7 @@ of its input spikes, so ``relu`` no longer describes it. SAMPLING simulates the 
 (mean input current over the ``T`` steps / threshold, output rate). FIT turns the pairs
 into one monotone piecewise-linear function per layer with fixed, evenly spaced knots
 (the exact least-squares fit under the monotonicity constraint). The fitted functions are
-stored on the graph as :class:`ann2snn.bootstrap.PiecewiseLinear` modules; the
+stored on the graph as :class:`ann2snn.training.bootstrap.PiecewiseLinear` modules; the
 ANN view of :mod:`ann2snn.bootstrap` runs the graph with them in place of the neurons.
 """
 
@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from ann2snn._checks import device_of, positive_int
 from ann2snn.calibration import batch_count_bound, iter_inputs
-from ann2snn.neuron import IFNeuron
-from ann2snn.pwl import PiecewiseLinear, RateRecorder, fits_of, pwl_eval
-from ann2snn.spiking import SpikingModel
+from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.spiking_model import SpikingModel
+from ann2snn.training.pwl import PiecewiseLinear, RateRecorder, fits_of, pwl_eval
 
 #: Default input-current range sampled and fitted, in units of the threshold.
 DEFAULT_SAMPLE_RANGE: Tuple[float, float] = (-1.0, 2.0)
@@ -337,7 +337,7 @@ def bootstrap_fit(
 ) -> fx.GraphModule:
     """Sample every IF layer of a spiking graph at ``timesteps`` steps and fit its rate.
 
-    Stores one :class:`~ann2snn.bootstrap.PiecewiseLinear` per IF layer (replacing any
+    Stores one :class:`~ann2snn.training.bootstrap.PiecewiseLinear` per IF layer (replacing any
     earlier fit) in ``gm.bootstrap_fits`` and the fit statistics in
     ``gm.meta['bootstrap_fit']``. The spiking graph itself computes exactly what it
     computed before.

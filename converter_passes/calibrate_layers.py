@@ -7,11 +7,17 @@ from typing import Optional, Sequence
 import torch
 from torch import fx
 
+from ann2snn.converter_passes.layer_calibration.calibrate_potentials import PotentialCalibration
+from ann2snn.converter_passes.layer_calibration.layer_sweep import (
+    DEFAULT_HORIZONS,
+    LayerCalibrator,
+    LayerSweep,
+)
+from ann2snn.converter_passes.layer_calibration.search_thresholds import (
+    ThresholdSearch,
+    _has_channel_thresholds,
+)
 from ann2snn.tracing import finish
-
-from .calibrate_potentials import PotentialCalibration
-from .layer_sweep import DEFAULT_HORIZONS, LayerCalibrator, LayerSweep
-from .search_thresholds import ThresholdSearch, _has_channel_thresholds
 
 
 def calibrate_layers(

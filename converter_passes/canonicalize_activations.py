@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ann2snn.neuron import Activation
+from ann2snn.runtime.neuron import Activation
 from ann2snn.tracing import add_submodule, finish, replace_submodule
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)

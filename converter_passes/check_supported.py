@@ -6,10 +6,9 @@ from typing import List
 
 from torch import fx
 
+from ann2snn.converter_passes.op_support import rule_for
 from ann2snn.errors import ConversionError
 from ann2snn.tracing import describe_node
-
-from .op_support import rule_for
 
 _HINT = (
     "ann2snn converts networks whose nonlinearities are ReLU-family activations (ReLU, "

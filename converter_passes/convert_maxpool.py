@@ -10,10 +10,10 @@ method is a choice, measured on the Fashion-MNIST max-pooling model in
     (the first layers, computed once), which is exact and cheaper; everywhere else
     ``'cumulative'``.
 ``'cumulative'``
-    :class:`ann2snn.pooling.SpikingMaxPool`: pool the running input sum and difference it
+    :class:`ann2snn.runtime.pooling.SpikingMaxPool`: pool the running input sum and difference it
     over time; the output's time average is exactly the max pooling of the input's.
 ``'gate'``
-    :class:`ann2snn.pooling.GatedMaxPool`: pass the spikes of the unit with the largest
+    :class:`ann2snn.runtime.pooling.GatedMaxPool`: pass the spikes of the unit with the largest
     running spike count of its window.
 ``'current'``
     ``activation -> maxpool`` becomes ``maxpool -> activation`` everywhere (ReLU and max
@@ -33,12 +33,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ann2snn.config import MAXPOOL_METHODS, ConversionConfig, check_maxpool_method
+from ann2snn.converter_passes.op_support import kind_of
 from ann2snn.errors import ConversionError
-from ann2snn.neuron import Activation, IFNeuron
-from ann2snn.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
+from ann2snn.runtime.neuron import Activation, IFNeuron
+from ann2snn.runtime.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
 from ann2snn.tracing import add_submodule, describe_node, finish, is_module, replace_submodule
-
-from .op_support import kind_of
 
 DEFAULT_MAXPOOL: str = ConversionConfig.default("maxpool")
 

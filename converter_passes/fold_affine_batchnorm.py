@@ -4,7 +4,7 @@
 concatenation in DenseNet, an addition, the input) is a fixed per-channel affine map in
 eval mode. When its only consumer is a Conv without padding or a Linear, the map folds
 into that layer's weights (with zero padding it would not: the padding zeros would have to
-be mapped too); otherwise it becomes a :class:`ann2snn.affine.ChannelAffine`, which is
+be mapped too); otherwise it becomes a :class:`ann2snn.runtime.affine.ChannelAffine`, which is
 linear over time like BatchNorm but has no training mode.
 """
 
@@ -16,7 +16,7 @@ from typing import Tuple
 import torch
 from torch import fx, nn
 
-from ann2snn.affine import ChannelAffine, batchnorm_affine
+from ann2snn.runtime.affine import ChannelAffine, batchnorm_affine
 from ann2snn.tracing import finish, is_module, replace_submodule
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

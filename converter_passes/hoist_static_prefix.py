@@ -8,7 +8,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ann2snn.neuron import IFNeuron, RepeatInTime
+from ann2snn.runtime.neuron import IFNeuron, RepeatInTime
 from ann2snn.tracing import add_submodule, is_module
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 from torch import fx
 
 from ann2snn.calibration import ActivationObserver
-from ann2snn.neuron import Activation
+from ann2snn.runtime.neuron import Activation
 from ann2snn.tracing import add_submodule, finish, is_module
 
 

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from ann2snn.calibration import ActivationObserver
 from ann2snn.modes import NormMode
-from ann2snn.neuron import Activation, Scale
+from ann2snn.runtime.neuron import Activation, Scale
 from ann2snn.tracing import add_submodule, finish, is_module
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -2,7 +2,7 @@
 
 Kinds:
     ``weighted``   Conv/Linear: linear in time; normalization scales fold into its weights.
-    ``activation`` the canonical :class:`ann2snn.neuron.Activation`; becomes an IF neuron.
+    ``activation`` the canonical :class:`ann2snn.runtime.neuron.Activation`; becomes an IF neuron.
     ``linear``     ops that commute with averaging over time (pooling by average, add,
                    cat, reshapes, affine BatchNorm, scaling by constants ...).
     ``maxpool``    max pooling (nonlinear; converted with a dedicated method).
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ann2snn.affine import ChannelAffine
-from ann2snn.neuron import Activation, IFNeuron, RepeatInTime, Scale
-from ann2snn.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
+from ann2snn.runtime.affine import ChannelAffine
+from ann2snn.runtime.neuron import Activation, IFNeuron, RepeatInTime, Scale
+from ann2snn.runtime.pooling import INDEXED_POOLS, AMax, GatedMaxPool, SpikingMaxPool
 
 Check = Callable[[fx.GraphModule, fx.Node], Optional[str]]
 

@@ -12,22 +12,21 @@ from torch import fx
 
 from ann2snn.calibration import calibrate
 from ann2snn.config import ConversionConfig
+from ann2snn.converter_passes.add_output_neurons import add_output_neurons
+from ann2snn.converter_passes.calibrate_layers import calibrate_layers
+from ann2snn.converter_passes.canonicalize_activations import canonicalize_activations
+from ann2snn.converter_passes.check_supported import check_supported
+from ann2snn.converter_passes.convert_maxpool import convert_maxpool, pool_before_neurons
+from ann2snn.converter_passes.fold_affine_batchnorm import fold_affine_batchnorm
+from ann2snn.converter_passes.fold_batchnorm import fold_batchnorm
+from ann2snn.converter_passes.hoist_static_prefix import hoist_static_prefix
+from ann2snn.converter_passes.insert_observers import insert_observers
+from ann2snn.converter_passes.layer_calibration.layer_sweep import collect_inputs
+from ann2snn.converter_passes.normalize_activations import normalize_activations
+from ann2snn.converter_passes.rebind_batch_sizes import rebind_batch_sizes
+from ann2snn.converter_passes.replace_relu_with_if import replace_relu_with_if
 from ann2snn.distributed import DistributedError, failure_check
 from ann2snn.errors import ConversionError
-
-from .add_output_neurons import add_output_neurons
-from .calibrate_layers import calibrate_layers
-from .canonicalize_activations import canonicalize_activations
-from .check_supported import check_supported
-from .convert_maxpool import convert_maxpool, pool_before_neurons
-from .fold_affine_batchnorm import fold_affine_batchnorm
-from .fold_batchnorm import fold_batchnorm
-from .hoist_static_prefix import hoist_static_prefix
-from .insert_observers import insert_observers
-from .layer_sweep import collect_inputs
-from .normalize_activations import normalize_activations
-from .rebind_batch_sizes import rebind_batch_sizes
-from .replace_relu_with_if import replace_relu_with_if
 
 
 @dataclass

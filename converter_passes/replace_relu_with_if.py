@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from ann2snn.neuron import Activation, IFNeuron
+from ann2snn.runtime.neuron import Activation, IFNeuron
 from ann2snn.tracing import finish, is_module, replace_submodule
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict
 import torch
 from torch import nn
 
-from .nets import (
+from ann2snn.models.nets import (
     BasicBlock,
     FashionResNet,
     fmnist_avgpool_cnn,

@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ann2snn.data import load_dataset
-
-from . import MODEL_DATASETS, MODELS, checkpoint_path, get_model, model_from_checkpoint
+from ann2snn.data.datasets import load_dataset
+from ann2snn.models import MODEL_DATASETS, MODELS, checkpoint_path, get_model, model_from_checkpoint
 
 __all__ = ["MAX_CHECKPOINT_BYTES", "RECIPES", "evaluate", "main", "save_checkpoint", "train_model"]
 
@@ -92,7 +91,7 @@ def evaluate(
     Args:
         model: Maps ``[N, 1, 28, 28]`` images in [0, 1] to ``[N, 10]`` logits.
         dataset: ``"mnist"`` or ``"fashion-mnist"``.
-        root: Data root, see :func:`ann2snn.data.find_data_root`.
+        root: Data root, see :func:`ann2snn.data.datasets.find_data_root`.
         limit: Use only the first ``limit`` test images (default: all 10,000).
         batch_size: Images per forward pass.
 
@@ -156,7 +155,7 @@ def train_model(
         lr: Override the recipe's peak learning rate.
         batch_size: Override the recipe's batch size.
         seed: Seed for initialisation, shuffling, augmentation and dropout.
-        data_root: Data root, see :func:`ann2snn.data.find_data_root`.
+        data_root: Data root, see :func:`ann2snn.data.datasets.find_data_root`.
         train_limit: Train on the first ``train_limit`` images only (for quick checks).
         eval_limit: Measure ``test_accuracy`` on the first ``eval_limit`` test images
             only (for quick checks; bundled checkpoints use the full 10k).

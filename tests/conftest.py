@@ -9,14 +9,14 @@ from torch.utils.data import DataLoader, Subset
 
 @pytest.fixture(scope="session")
 def fmnist_train():
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     return load_dataset("fashion-mnist", "train")
 
 
 @pytest.fixture(scope="session")
 def fmnist_test():
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     return load_dataset("fashion-mnist", "test")
 

@@ -117,7 +117,7 @@ def _model() -> nn.Module:
 
 
 def _data():
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     train = load_dataset("fashion-mnist", "train", limit=CALIB_N)
     test = load_dataset("fashion-mnist", "test", limit=TEST_N)
@@ -259,7 +259,7 @@ def _tiny_net():
 
 
 def _convert_then_evaluate(folders):
-    from ann2snn.imagefolder import image_folder_loader
+    from ann2snn.data.imagefolder import image_folder_loader
 
     # Each rank reads its own copy of the images (as on two machines); rank 1's copy of
     # b3.png is unreadable. Batches [a0 a1] [a2 a3] [b0 b1] [b2 b3]: rank 1 evaluates 1 and 3.

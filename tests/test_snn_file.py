@@ -1,4 +1,4 @@
-"""ann2snn.io: reading ANNs from every supported file kind; saving and loading SNN files;
+"""ann2snn.snn_file: reading ANNs from every supported file kind; saving and loading SNN files;
 ONNX and torch.export inputs convert to the same SNN as the torch module."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn import io as snn_io
+from ann2snn import snn_file as snn_io
 from ann2snn.models import get_model
 
 MODEL = "fmnist_avgpool_cnn"
@@ -36,7 +36,7 @@ def trained() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def images():
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     x = load_dataset("fashion-mnist", "train", limit=264).tensors[0]
     return x[:200], x[200:]  # calibration, test
@@ -116,7 +116,7 @@ def test_tampered_file_is_detected(tmp_path, images) -> None:
 @pytest.fixture(scope="module")
 def small_snn_file(tmp_path_factory):
     """The smallest bundled model (mnist_cnn), converted on 64 MNIST images and saved."""
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     calib = load_dataset("mnist", "train", limit=64).tensors[0]
     snn = ann2snn.convert(snn_io.load_model("mnist_cnn").module, calib_data=[calib])

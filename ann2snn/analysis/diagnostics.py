@@ -35,10 +35,10 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-from ._checks import device_of
-from .calibration import batch_input
-from .neuron import IFNeuron
-from .spiking import SpikingModel
+from ann2snn._checks import device_of
+from ann2snn.calibration import batch_input
+from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.spiking_model import SpikingModel
 
 __all__ = [
     "ENERGY_PER_AC_PJ",

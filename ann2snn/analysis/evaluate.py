@@ -13,10 +13,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from . import distributed
-from ._checks import device_of, positive_int
-from .calibration import batch_input
-from .spiking import SpikingModel
+from ann2snn import distributed
+from ann2snn._checks import device_of, positive_int
+from ann2snn.calibration import batch_input
+from ann2snn.runtime.spiking_model import SpikingModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -188,7 +188,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     if not isinstance(model, SpikingModel):
-        from .api import convert
+        from ann2snn.api import convert
 
         ann = model if ann is None else ann
         model = convert(model, calib_data=loader, **convert_kwargs)

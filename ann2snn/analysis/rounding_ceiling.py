@@ -26,10 +26,10 @@ from typing import Any, Dict, Iterable, Optional, Type, Union
 import torch
 from torch import fx, nn
 
-from ._checks import optional_positive_int, positive_int
-from .config import ConversionConfig
-from .neuron import Activation
-from .tracing import is_module, register_leaf_module, replace_submodule
+from ann2snn._checks import optional_positive_int, positive_int
+from ann2snn.config import ConversionConfig
+from ann2snn.runtime.neuron import Activation
+from ann2snn.tracing import is_module, register_leaf_module, replace_submodule
 
 
 def round_rate(rate: torch.Tensor, levels: int) -> torch.Tensor:
@@ -43,7 +43,8 @@ def round_rate(rate: torch.Tensor, levels: int) -> torch.Tensor:
 
 @register_leaf_module
 class RoundedActivation(nn.Module):
-    """An :class:`~ann2snn.neuron.Activation` whose rate output is rounded to ``levels`` steps.
+    """An :class:`~ann2snn.runtime.neuron.Activation` whose rate output is rounded to
+    ``levels`` steps.
 
     Attributes:
         activation: the normalized activation (its output is a rate: units of the threshold).
@@ -90,9 +91,8 @@ def quantized_ann(
     Raises:
         ValueError, TypeError, ConversionError: as :func:`ann2snn.convert`.
     """
+    from ann2snn.api import resolve_config, traced_copy
     from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
-
-    from .api import resolve_config, traced_copy
 
     cfg = resolve_config("quantized_ann", config, mode, options)
     gm, example, device = traced_copy(

@@ -8,7 +8,7 @@ when nothing is found, raises :class:`~ann2snn.errors.DataNotFoundError` listing
 place it looked.
 
 Example:
-    >>> from ann2snn.data import make_loader
+    >>> from ann2snn.data.datasets import make_loader
     >>> loader = make_loader("fashion-mnist", split="test", limit=512)  # doctest: +SKIP
     >>> images, labels = next(iter(loader))  # doctest: +SKIP
 """
@@ -63,7 +63,7 @@ _SYSTEM_DIRS = {"fashion-mnist": (pathlib.Path("/usr/share/datasets/fashion-mnis
 _DOWNLOAD_DIR = pathlib.Path("~/.cache/ann2snn/data")
 
 # A checkout keeps shared datasets beside the repository: <repo>/../shared/datasets.
-_REPO_DATASETS = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+_REPO_DATASETS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 

@@ -12,7 +12,7 @@ the usual evaluation recipe: resize the shorter side to ``resize``, center-crop 
 ``image_size``, scale to [0, 1] and normalize per channel.
 
 Example:
-    >>> from ann2snn.imagefolder import image_folder_loader
+    >>> from ann2snn.data.imagefolder import image_folder_loader
     >>> loader = image_folder_loader("/data/imagenet/val", batch_size=64)  # doctest: +SKIP
 """
 
@@ -23,8 +23,8 @@ from typing import Optional, Sequence, Union
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._checks import optional_positive_int, positive_int
-from .errors import DataNotFoundError
+from ann2snn._checks import optional_positive_int, positive_int
+from ann2snn.errors import DataNotFoundError
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -17,7 +17,7 @@ The op is declared here with ``torch.library``: its schema, a fake (meta) kernel
 tracing and ``torch.compile``, and the pure-torch reference below, registered under
 ``CompositeExplicitAutograd`` as the fallback for every device. On import, the C++ CPU
 kernel (and the CUDA kernel, where a GPU and nvcc exist) in ``ann2snn/csrc`` is built
-just in time (cached after the first build; see :mod:`ann2snn._build`) and registered
+just in time (cached after the first build; see :mod:`ann2snn.ops._build`) and registered
 per device; those kernels are bit-identical to the reference.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ann2snn import _build
+from ann2snn.ops import _build
 
 __all__ = [
     "backend_info",
@@ -248,7 +248,8 @@ def cumulative_max_pool2d(
     ceil_mode: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Max pooling of running input sums, differenced over time
-    (``torch.ops.ann2snn.cumulative_max_pool2d``; see :class:`ann2snn.pooling.SpikingMaxPool`).
+    (``torch.ops.ann2snn.cumulative_max_pool2d``; see
+    :class:`ann2snn.runtime.pooling.SpikingMaxPool`).
 
     The compiled CPU kernel reads ``x`` once and writes the output once; elsewhere the
     reference runs. Results are bit-identical either way.

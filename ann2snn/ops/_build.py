@@ -29,7 +29,8 @@ from typing import Iterator, Optional
 
 import torch
 
-CSRC_DIR = Path(__file__).resolve().parent / "csrc"
+# The sources sit beside this subpackage, in ann2snn/csrc.
+CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
 CPU_SOURCES = (CSRC_DIR / "if_neuron.cpp", CSRC_DIR / "spiking_pool.cpp")
 CUDA_SOURCES = (CSRC_DIR / "if_neuron_cuda.cu", CSRC_DIR / "spiking_pool_cuda.cu")
 BACKEND_ENV = "ANN2SNN_BACKEND"

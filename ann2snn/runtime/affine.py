@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .tracing import register_leaf_module
+from ann2snn.tracing import register_leaf_module
 
 
 def batchnorm_affine(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .tracing import register_leaf_module
+from ann2snn.tracing import register_leaf_module
 
 Number = Union[float, int]
 
@@ -71,7 +71,8 @@ class IFNeuron(nn.Module):
 
     Per element, for each time step: ``v += x[t]; s[t] = v >= threshold;
     v -= s[t] * threshold``, with ``v`` starting at ``v_init * threshold``. The simulator
-    (:class:`ann2snn.spiking.SpikingModel`) sets :attr:`steps` so that one call processes a
+    (:class:`ann2snn.runtime.spiking_model.SpikingModel`) sets :attr:`steps` so that one
+    call processes a
     chunk of ``steps`` time steps stacked along the batch dimension (``[steps * B, ...]``);
     with the default ``steps = 1`` each call is one time step. The membrane is kept between
     calls until :meth:`reset`.
@@ -106,7 +107,7 @@ class IFNeuron(nn.Module):
         self.neuron_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import ops
+        from ann2snn import ops
 
         steps = self.steps
         if self.static_input:
@@ -150,7 +151,7 @@ class RepeatInTime(nn.Module):
         self.steps = 1
 
     def reset(self) -> None:
-        """Stateless: nothing to forget (a :class:`ann2snn.temporal.TemporalModule`)."""
+        """Stateless: nothing to forget (a :class:`ann2snn.runtime.temporal.TemporalModule`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rep = x.unsqueeze(0).expand((self.steps,) + tuple(x.shape))

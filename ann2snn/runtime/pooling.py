@@ -4,7 +4,7 @@ Pooling spikes step by step over-counts: the pooled output spikes whenever ANY u
 window spikes, so its rate approaches the OR of the rates rather than their maximum. The
 modules here keep, per input, the running sum of their input and make the time average of
 their output converge to the max pooling of the time-averaged input, which is what the
-ANN computes. Both are :class:`ann2snn.temporal.TemporalModule`\\ s: they process chunks of
+ANN computes. Both are :class:`ann2snn.runtime.temporal.TemporalModule`\\ s: they process chunks of
 ``steps`` time steps (``[steps * B, ...]``) and keep state until :meth:`reset`.
 """
 
@@ -16,8 +16,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from . import ops
-from .tracing import register_leaf_module
+from ann2snn import ops
+from ann2snn.tracing import register_leaf_module
 
 #: Max-pooling modules that can report the position of each maximum (``return_indices``).
 INDEXED_POOLS = (

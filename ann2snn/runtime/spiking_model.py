@@ -7,9 +7,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-from ._checks import optional_positive_int, positive_int
-from .neuron import IFNeuron
-from .temporal import TemporalModule
+from ann2snn._checks import optional_positive_int, positive_int
+from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.temporal import TemporalModule
 
 # Activation memory one chunk of time may take (elements of the largest activation tensor).
 CHUNK_ELEMENT_BUDGET = 64 * 2**20

@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 from tqdm import tqdm
 
-from ._checks import positive_int
-from .calibration import batch_input
-from .neuron import IFNeuron
-from .pooling import GatedMaxPool, SpikingMaxPool
-from .pwl import PiecewiseLinear, RateRecorder, drop_fits, fits_of, pwl_eval
-from .spiking import SpikingModel
-from .tracing import replace_submodule
+from ann2snn._checks import positive_int
+from ann2snn.calibration import batch_input
+from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.pooling import GatedMaxPool, SpikingMaxPool
+from ann2snn.runtime.spiking_model import SpikingModel
+from ann2snn.tracing import replace_submodule
+from ann2snn.training.pwl import PiecewiseLinear, RateRecorder, drop_fits, fits_of, pwl_eval
 
 __all__ = [
     "BootstrapModel",
@@ -241,7 +241,7 @@ class BootstrapRecord:
 
 
 def _labels(batch: Any) -> torch.Tensor:
-    from .evaluate import _labels as labels_of
+    from ann2snn.analysis.evaluate import _labels as labels_of
 
     return labels_of(batch)
 
@@ -304,10 +304,9 @@ def bootstrap(
         ValueError: on bad options or an empty ``train_loader``.
         TypeError: when ``model`` is not an ``nn.Module``.
     """
+    from ann2snn.analysis.evaluate import evaluate
+    from ann2snn.api import convert
     from ann2snn.converter_passes import bootstrap_fit as fit_pass
-
-    from .api import convert
-    from .evaluate import evaluate
 
     positive_int("timesteps", timesteps)
     if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neuron import IFNeuron, _channel_view
-from .spiking import SpikingModel
+from ann2snn.runtime.neuron import IFNeuron, _channel_view
+from ann2snn.runtime.spiking_model import SpikingModel
 
 #: Name of the ModuleDict on a spiking graph that holds the fitted functions.
 FITS_ATTR = "bootstrap_fits"

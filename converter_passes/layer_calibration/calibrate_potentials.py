@@ -19,8 +19,8 @@ from typing import Sequence, Tuple
 import torch
 from torch import fx
 
-from .layer_sweep import LayerData
-from .search_thresholds import best_candidate
+from ann2snn.converter_passes.layer_calibration.layer_sweep import LayerData
+from ann2snn.converter_passes.layer_calibration.search_thresholds import best_candidate
 
 #: Initial potentials tried, as fractions of the threshold: 0, 0.05, ..., 1. The 0.05 grid
 #: measured better at T=4 than a 0.1 grid from 0.1 to 0.9 (avgpool CNN 91.72% against

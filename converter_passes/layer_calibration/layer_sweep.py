@@ -29,8 +29,8 @@ from torch import fx
 from ann2snn._checks import positive_int
 from ann2snn.calibration import iter_inputs
 from ann2snn.config import ConversionConfig, check_horizons
-from ann2snn.neuron import IFNeuron, _channel_view
 from ann2snn.ops import if_multistep
+from ann2snn.runtime.neuron import IFNeuron, _channel_view
 from ann2snn.tracing import is_module
 
 #: Calibration images simulated by default (a subset of the calibration data).

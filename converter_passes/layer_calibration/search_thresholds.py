@@ -19,11 +19,14 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import fx
 
-from ann2snn.neuron import IFNeuron, Scale
+from ann2snn.converter_passes.layer_calibration.layer_sweep import LayerData
+from ann2snn.converter_passes.normalize_activations import (
+    _consumer_fold,
+    _module_used_once,
+    scale_input_channels,
+)
+from ann2snn.runtime.neuron import IFNeuron, Scale
 from ann2snn.tracing import add_submodule, is_module
-
-from .layer_sweep import LayerData
-from .normalize_activations import _consumer_fold, _module_used_once, scale_input_channels
 
 #: Threshold factors tried, relative to the normalization scale (e.g. the 99.9th percentile).
 DEFAULT_THRESHOLD_CANDIDATES: Tuple[float, ...] = (

@@ -1,4 +1,4 @@
-"""ann2snn.diagnostics: spike counts, fan-out, synaptic operations, MACs and energy."""
+"""ann2snn.analysis.diagnostics: spike counts, fan-out, synaptic operations, MACs and energy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.diagnostics import (
+from ann2snn.analysis.diagnostics import (
     ENERGY_PER_AC_PJ,
     ENERGY_PER_MAC_PJ,
     ann_macs,

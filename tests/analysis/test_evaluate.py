@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.evaluate import AccuracyCurve
+from ann2snn.analysis.evaluate import AccuracyCurve
 
 
 def test_curve_exports_table_csv_json_and_png(tmp_path):
@@ -47,7 +47,7 @@ def test_evaluate_converts_an_ann_on_the_fly_and_checks_timesteps():
 def test_written_files_get_the_umask_permissions_not_mkstemps_private_ones(tmp_path):
     import os
 
-    from ann2snn.evaluate import write_atomic
+    from ann2snn.analysis.evaluate import write_atomic
 
     old = os.umask(0o022)
     try:

@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.ceiling import quantized_ann, round_rate, rounded_activations, set_levels
+from ann2snn.analysis.rounding_ceiling import (
+    quantized_ann,
+    round_rate,
+    rounded_activations,
+    set_levels,
+)
 from tests.conftest import loader, pretrained
 
 

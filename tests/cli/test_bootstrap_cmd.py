@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import ann2snn
-from ann2snn import io as snn_io
-from ann2snn.data import make_loader
+from ann2snn import snn_file as snn_io
+from ann2snn.data.datasets import make_loader
 
 LIMIT = 200
 

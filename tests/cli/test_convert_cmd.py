@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 import ann2snn
-from ann2snn import io as snn_io
-from ann2snn.data import load_dataset
+from ann2snn import snn_file as snn_io
+from ann2snn.data.datasets import load_dataset
 
 MODEL = "fmnist_avgpool_cnn"
 CALIB_LIMIT = 300  # as in conftest.snn_file

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ann2snn.cli.data_sources import DataOptions, open_data, parse_floats
-from ann2snn.data import find_data_root, load_dataset
+from ann2snn.data.datasets import find_data_root, load_dataset
 
 N = 12
 

@@ -6,8 +6,8 @@ import csv
 import json
 
 import ann2snn
-from ann2snn import io as snn_io
-from ann2snn.data import make_loader
+from ann2snn import snn_file as snn_io
+from ann2snn.data.datasets import make_loader
 
 LIMIT = 200
 TIMESTEPS = [1, 2, 4, 8, 16]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ann2snn import io as snn_io
-from ann2snn.diagnostics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ
+from ann2snn import snn_file as snn_io
+from ann2snn.analysis.diagnostics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ
 
 
 def test_info_structure_and_activity_report(tmp_path, snn_file, cli) -> None:

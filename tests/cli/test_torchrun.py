@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from ann2snn import io as snn_io
+from ann2snn import snn_file as snn_io
 
 MODEL = "fmnist_maxpool_cnn"
 DATA = ["--calib", "fashion-mnist", "--calib-limit", "500", "--batch-size", "64", "--no-progress"]

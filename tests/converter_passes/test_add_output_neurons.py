@@ -5,7 +5,7 @@ from torch import nn
 import ann2snn
 from ann2snn.converter_passes.add_output_neurons import add_output_neurons
 from ann2snn.errors import ConversionError
-from ann2snn.neuron import Activation
+from ann2snn.runtime.neuron import Activation
 from ann2snn.tracing import trace
 from tests.conftest import loader, pretrained
 

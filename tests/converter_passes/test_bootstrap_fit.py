@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import ann2snn
-from ann2snn.bootstrap import BootstrapModel, PiecewiseLinear, fits_of, pwl_eval
 from ann2snn.converter_passes.bootstrap_fit import (
     BINS_PER_SEGMENT,
     bootstrap_fit,
@@ -16,7 +15,8 @@ from ann2snn.converter_passes.bootstrap_fit import (
     nnls,
     sample_rates,
 )
-from ann2snn.neuron import IFNeuron
+from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.training.bootstrap import BootstrapModel, PiecewiseLinear, fits_of, pwl_eval
 from tests.conftest import loader, pretrained
 
 LO, HI, SEGMENTS = -1.0, 2.0, 12

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ann2snn.converter_passes.canonicalize_activations import canonicalize_activations
-from ann2snn.neuron import Activation
+from ann2snn.runtime.neuron import Activation
 from ann2snn.tracing import trace
 
 

@@ -17,8 +17,8 @@ from ann2snn.converter_passes.convert_maxpool import (
 )
 from ann2snn.converter_passes.replace_relu_with_if import replace_relu_with_if
 from ann2snn.errors import ConversionError
-from ann2snn.neuron import Activation
-from ann2snn.pooling import GatedMaxPool, SpikingMaxPool
+from ann2snn.runtime.neuron import Activation
+from ann2snn.runtime.pooling import GatedMaxPool, SpikingMaxPool
 from ann2snn.tracing import trace
 from benchmarks.torchvision_table import plain_options
 

@@ -3,13 +3,13 @@ import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ann2snn.affine import ChannelAffine, batchnorm_affine
 from ann2snn.converter_passes.canonicalize_activations import canonicalize_activations
 from ann2snn.converter_passes.fold_affine_batchnorm import (
     affine_into_next_layer,
     fold_affine_batchnorm,
 )
 from ann2snn.converter_passes.fold_batchnorm import fold_batchnorm
+from ann2snn.runtime.affine import ChannelAffine, batchnorm_affine
 from ann2snn.tracing import trace
 
 

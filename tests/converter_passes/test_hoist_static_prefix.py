@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from ann2snn.converter_passes.hoist_static_prefix import hoist_static_prefix
-from ann2snn.neuron import IFNeuron, RepeatInTime
+from ann2snn.runtime.neuron import IFNeuron, RepeatInTime
 from ann2snn.tracing import trace
 
 

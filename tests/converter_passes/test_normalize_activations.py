@@ -14,7 +14,7 @@ from ann2snn.converter_passes.normalize_activations import (
     scale_input_channels,
 )
 from ann2snn.modes import parse_mode
-from ann2snn.neuron import Activation, Scale
+from ann2snn.runtime.neuron import Activation, Scale
 from ann2snn.tracing import trace
 from tests.conftest import pretrained
 

@@ -3,7 +3,7 @@ from torch import nn
 
 from ann2snn.converter_passes.canonicalize_activations import canonicalize_activations
 from ann2snn.converter_passes.replace_relu_with_if import replace_relu_with_if
-from ann2snn.neuron import Activation, IFNeuron
+from ann2snn.runtime.neuron import Activation, IFNeuron
 from ann2snn.tracing import trace
 
 

@@ -1,4 +1,4 @@
-"""Tests for ann2snn.data: IDX reading, dataset discovery and loading on real files."""
+"""Tests for ann2snn.data.datasets: IDX reading, dataset discovery and loading on real files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import ann2snn.data as data
-from ann2snn.data import find_data_root, load_dataset, make_loader, read_idx
+import ann2snn.data.datasets as data
+from ann2snn.data.datasets import find_data_root, load_dataset, make_loader, read_idx
 from ann2snn.errors import DataNotFoundError
 
 IDX_FILES = (

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ann2snn.errors import DataNotFoundError
-from ann2snn.imagefolder import (
+from ann2snn.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     image_folder_dataset,
     image_folder_loader,
 )
+from ann2snn.errors import DataNotFoundError
 
 COLORS = {"cat": (200, 10, 90), "dog": (30, 160, 250)}
 

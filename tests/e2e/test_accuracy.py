@@ -36,7 +36,7 @@ def _curve(name, train, test, timesteps):
 
 @pytest.fixture(scope="module")
 def mnist():
-    from ann2snn.data import load_dataset
+    from ann2snn.data.datasets import load_dataset
 
     return load_dataset("mnist", "train"), load_dataset("mnist", "test")
 

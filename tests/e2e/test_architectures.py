@@ -11,7 +11,7 @@ from torch import nn
 import ann2snn
 from ann2snn.config import ConversionConfig
 from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
-from ann2snn.neuron import Scale
+from ann2snn.runtime.neuron import Scale
 from ann2snn.tracing import trace
 from benchmarks.torchvision_table import (
     build_model,

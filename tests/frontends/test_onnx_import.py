@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 
 from ann2snn.errors import ConversionError
-from ann2snn.onnx_import import _REGISTRY, _converter, import_onnx, supported_onnx_ops
+from ann2snn.frontends.onnx.importer import _REGISTRY, _converter, import_onnx, supported_onnx_ops
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import ann2snn.models as models
-from ann2snn.data import find_data_root
+from ann2snn.data.datasets import find_data_root
 from ann2snn.errors import DataNotFoundError
 from ann2snn.models import (
     MODEL_DATASETS,

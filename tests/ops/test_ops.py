@@ -161,7 +161,7 @@ def test_cpu_kernel_without_avx2():
     """The SSE2 (streaming) and generic paths, which AVX2 machines otherwise never run."""
     code = """
 import torch
-from tests.test_ops import _check_against_reference, _inputs
+from tests.ops.test_ops import _check_against_reference, _inputs
 for shape in [(4, 3, 7, 211, 251), (9, 2, 3, 4, 5), (5, 3, 4, 7, 9), (16, 37, 19, 3)]:
     for per_channel in (False, True):
         _check_against_reference(*_inputs(shape, per_channel))

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ann2snn.ops import cumulative_max_pool2d, cumulative_max_pool2d_reference
-from ann2snn.pooling import SpikingMaxPool
-from tests.test_ops import assert_bit_identical, needs_compiled_cpu
+from ann2snn.runtime.pooling import SpikingMaxPool
+from tests.ops.test_ops import assert_bit_identical, needs_compiled_cpu
 
 OP = torch.ops.ann2snn.cumulative_max_pool2d.default
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ann2snn.neuron import Activation, IFNeuron
+from ann2snn.runtime.neuron import Activation, IFNeuron
 
 
 def _if_by_hand(x_seq, threshold, v_init):

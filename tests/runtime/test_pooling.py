@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from ann2snn.neuron import IFNeuron, RepeatInTime
-from ann2snn.pooling import AMax, GatedMaxPool, SpikingMaxPool
-from ann2snn.temporal import TemporalModule
+from ann2snn.runtime.neuron import IFNeuron, RepeatInTime
+from ann2snn.runtime.pooling import AMax, GatedMaxPool, SpikingMaxPool
+from ann2snn.runtime.temporal import TemporalModule
 
 
 def _spike_trains(rates: torch.Tensor, steps: int) -> torch.Tensor:

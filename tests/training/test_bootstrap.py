@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import ann2snn
-from ann2snn.bootstrap import BootstrapModel, PiecewiseLinear, bootstrap, fits_of
 from ann2snn.converter_passes.bootstrap_fit import bootstrap_fit
-from ann2snn.neuron import IFNeuron
-from ann2snn.pooling import SpikingMaxPool
+from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.pooling import SpikingMaxPool
+from ann2snn.training.bootstrap import BootstrapModel, PiecewiseLinear, bootstrap, fits_of
 from tests.conftest import loader, pretrained
 
 T = 4

@@ -5,17 +5,20 @@ import torch
 from torch import nn
 
 from ann2snn.converter_passes.calibrate_layers import calibrate_layers
-from ann2snn.converter_passes.calibrate_potentials import (
+from ann2snn.converter_passes.layer_calibration.calibrate_potentials import (
     DEFAULT_POTENTIAL_CANDIDATES,
     PotentialCalibration,
 )
-from ann2snn.converter_passes.layer_sweep import LayerSweep
-from ann2snn.neuron import IFNeuron
+from ann2snn.converter_passes.layer_calibration.layer_sweep import LayerSweep
 from ann2snn.ops import if_multistep_reference
+from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.tracing import trace
 from tests.conftest import pretrained
-from tests.converter_passes.test_layer_sweep import ann_mode, flat_snn
-from tests.converter_passes.test_search_thresholds import relative_error, snn_output
+from tests.converter_passes.layer_calibration.test_layer_sweep import ann_mode, flat_snn
+from tests.converter_passes.layer_calibration.test_search_thresholds import (
+    relative_error,
+    snn_output,
+)
 
 
 def test_per_channel_initial_potentials_start_each_channel_where_told():
@@ -43,7 +46,7 @@ def test_silent_channels_and_constant_inputs_keep_the_half_threshold_start():
     reference = copy.deepcopy(gm)
     # The reference ANN: relu(z) / 1 at the neuron (an IFNeuron placeholder is fine: the
     # sweep reads the reference's output at the node of the same name).
-    from ann2snn.neuron import Activation
+    from ann2snn.runtime.neuron import Activation
     from ann2snn.tracing import replace_submodule
 
     act = Activation()

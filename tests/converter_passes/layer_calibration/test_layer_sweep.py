@@ -3,9 +3,13 @@ import torch
 from torch import fx
 
 from ann2snn.config import ConversionConfig
-from ann2snn.converter_passes.layer_sweep import LayerData, LayerSweep, collect_inputs
+from ann2snn.converter_passes.layer_calibration.layer_sweep import (
+    LayerData,
+    LayerSweep,
+    collect_inputs,
+)
 from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
-from ann2snn.neuron import IFNeuron
+from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.tracing import is_module, trace
 from tests.conftest import pretrained
 

@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from ann2snn.converter_passes.calibrate_layers import calibrate_layers
-from ann2snn.converter_passes.search_thresholds import (
+from ann2snn.converter_passes.layer_calibration.search_thresholds import (
     DEFAULT_THRESHOLD_CANDIDATES,
     best_candidate,
     scale_neuron_output,
 )
-from ann2snn.neuron import IFNeuron, Scale
+from ann2snn.runtime.neuron import IFNeuron, Scale
 from ann2snn.tracing import is_module
 from tests.conftest import pretrained
-from tests.converter_passes.test_layer_sweep import ann_mode, flat_snn
+from tests.converter_passes.layer_calibration.test_layer_sweep import ann_mode, flat_snn
 
 
 def snn_output(gm, x, timesteps):

@@ -1,0 +1,1 @@
+"""Analysis of converted networks: accuracy curves, per-layer diagnostics, the rounding ceiling."""

@@ -1,0 +1,1 @@
+"""Frontends: anything a user hands over (checkpoint, ``.pt2``, ``.onnx``) -> ``nn.Module``."""

@@ -1,0 +1,1 @@
+"""ONNX frontend: an ONNX graph -> an ``nn.Module`` of standard torch layers."""
