@@ -35,7 +35,13 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _spikingjelly(ann, calib, x, T):
+def _spikingjelly(ann, calib, x, T, device="cpu", backend="torch"):
+    """SpikingJelly's converted SNN of ``ann`` as a function running T steps on ``x``.
+
+    ``device`` is where SpikingJelly calibrates and simulates (``x`` must be there);
+    ``backend`` (``"torch"`` or ``"cupy"``) is set on every neuron that supports it.
+    Returns None when SpikingJelly cannot be imported.
+    """
     try:
         from spikingjelly.activation_based import functional
         from spikingjelly.activation_based.ann2snn import FXConverter, RateCodingRecipe
@@ -43,7 +49,13 @@ def _spikingjelly(ann, calib, x, T):
         print(f"SpikingJelly unavailable: {exc}")
         return None
     recipe = RateCodingRecipe(dataloader=calib, mode="99.9%")
-    snn = FXConverter(recipe=recipe, device="cpu").convert(copy.deepcopy(ann)).eval()
+    snn = FXConverter(recipe=recipe, device=device).convert(copy.deepcopy(ann)).eval()
+    if backend != "torch":
+        neurons = [m for m in snn.modules() if backend in getattr(m, "supported_backends", ())]
+        if not neurons:
+            raise RuntimeError(f"no SpikingJelly neuron supports backend {backend!r}")
+        for m in neurons:
+            m.backend = backend
 
     def run():
         with torch.no_grad():
