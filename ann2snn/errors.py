@@ -13,3 +13,7 @@ class DataNotFoundError(FileNotFoundError):
 
 class SNNFileError(ValueError):
     """A saved SNN file is damaged; the message names the damaged part."""
+
+
+class UntrustedFileError(ValueError):
+    """A file can only be read by running code from it, and it was not marked as trusted."""

@@ -79,8 +79,8 @@ SPIKINGJELLY = (
 
 def _model(spec: str) -> Tuple[nn.Module, str, str]:
     """(ANN, display name, dataset) for a bundled name or a checkpoint path."""
+    from ann2snn.frontends.checkpoint import load_model
     from ann2snn.models import MODEL_DATASETS, load_checkpoint
-    from ann2snn.snn_file import load_model
 
     loaded = load_model(spec)
     name = os.path.splitext(os.path.basename(spec))[0]

@@ -404,7 +404,7 @@ class Opened:
     """A MODEL argument: a loaded SNN, or an ANN still to convert."""
 
     snn: Any = None
-    loaded: Any = None  # ann2snn.snn_file.LoadedModel
+    loaded: Any = None  # ann2snn.frontends.checkpoint.LoadedModel
     hints: ModelHints = None  # type: ignore[assignment]
     description: str = ""
 
@@ -412,6 +412,8 @@ class Opened:
 def open_model(args: argparse.Namespace, path: str) -> Opened:
     """Read MODEL: an SNN file (``ann2snn convert`` output) or any ANN input."""
     from ann2snn import snn_file as snn_io
+    from ann2snn.frontends.checkpoint import load_model
+    from ann2snn.frontends.sources import describe_source
     from ann2snn.models import MODEL_DATASETS
 
     if os.path.isfile(path) and snn_io.is_snn_file(path):
@@ -422,7 +424,7 @@ def open_model(args: argparse.Namespace, path: str) -> Opened:
         hints.dataset = header.get("provenance", {}).get("dataset")
         desc = f"SNN file {path} ({describe_source(header['ann_source'])})"
         return Opened(snn=snn, hints=hints, description=desc)
-    loaded = snn_io.load_model(
+    loaded = load_model(
         path,
         arch=args.arch,
         arch_kwargs=args.arch_kwargs,
@@ -432,37 +434,10 @@ def open_model(args: argparse.Namespace, path: str) -> Opened:
     hints = _hints_from_module(loaded.module, loaded.input_shape)
     src = loaded.source
     if src.get("kind") == "registry":
-        hints.dataset = _checkpoint_dataset(path) or (
+        hints.dataset = loaded.dataset or (
             MODEL_DATASETS.get(src["arch"]) if path == src["arch"] else None
         )
     return Opened(loaded=loaded, hints=hints, description=loaded.description)
-
-
-def _checkpoint_dataset(path: str) -> Optional[str]:
-    if not os.path.isfile(path):
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return obj.get("dataset") if isinstance(obj, dict) and "arch" in obj else None
-
-
-def describe_source(source: Dict[str, Any]) -> str:
-    kind = source.get("kind")
-    if kind == "registry":
-        kw = source.get("kwargs") or {}
-        args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
-        return f"ANN: bundled architecture {source['arch']}({args})"
-    if kind == "factory":
-        return f"ANN: {source['factory']} (your code)"
-    if kind == "onnx":
-        return f"ANN: ONNX model ({len(source['data']):,} bytes)"
-    if kind == "export":
-        return "ANN: torch.export program"
-    if kind == "pickle":
-        return f"ANN: pickled {source.get('class', 'module')}"
-    return f"ANN: {kind}"
 
 
 def conversion_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -576,27 +551,3 @@ def format_options(meta: Dict[str, Any]) -> str:
 def file_size(path: str) -> str:
     n = pathlib.Path(path).stat().st_size
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def count_neurons(snn: Any) -> Tuple[int, int]:
-    """(IF layers, neurons per sample), measured on one zero input."""
-    shape = snn.meta.get("input_shape")
-    sizes: Dict[str, int] = {}
-    hooks = []
-
-    def record(name: str):
-        def hook(module: Any, inputs: Any, output: Any) -> None:
-            sizes.setdefault(name, output[0].numel())
-
-        return hook
-
-    for name, m in snn.neurons():
-        hooks.append(m.register_forward_hook(record(name)))
-    try:
-        device = next((t.device for t in snn.state_dict().values()), torch.device("cpu"))
-        with torch.no_grad():
-            snn(torch.zeros((1,) + tuple(shape), device=device), timesteps=1)
-    finally:
-        for h in hooks:
-            h.remove()
-    return len(snn.neurons()), sum(sizes.values())

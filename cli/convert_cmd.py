@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ann2snn.analysis.diagnostics import count_neurons
 from ann2snn.cli.common import (
     CLIError,
     add_conversion_arguments,
@@ -14,7 +15,6 @@ from ann2snn.cli.common import (
     add_runtime_arguments,
     check_outputs,
     convert_opened,
-    count_neurons,
     file_size,
     format_options,
     missing_calibration,

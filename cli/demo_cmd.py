@@ -52,14 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import ann2snn
     from ann2snn import snn_file as snn_io
-    from ann2snn.cli.common import count_neurons, parse_timesteps, to_device
+    from ann2snn.analysis.diagnostics import count_neurons
+    from ann2snn.cli.common import parse_timesteps, to_device
     from ann2snn.data.datasets import make_loader
+    from ann2snn.frontends.checkpoint import load_model
     from ann2snn.models import pretrained_info
 
     timesteps = parse_timesteps(args.timesteps)
     check_outputs([args.plot, args.output], args.force, [])
     info = pretrained_info(MODEL)
-    loaded = snn_io.load_model(MODEL)
+    loaded = load_model(MODEL)
     model = loaded.module.to(args.device)
     print(
         f"ANN: bundled {MODEL} ({sum(p.numel() for p in model.parameters()):,} parameters, "

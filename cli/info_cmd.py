@@ -13,7 +13,6 @@ from ann2snn.cli.common import (
     check_outputs,
     convert_opened,
     data_options,
-    describe_source,
     format_options,
     open_calibration,
     open_model,
@@ -93,6 +92,7 @@ def _backend_line() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ann2snn.analysis.diagnostics import layer_report, structure_table
+    from ann2snn.frontends.sources import describe_source
 
     validate_mode(args.mode)
     check_outputs([args.json], args.force, [args.model])

@@ -13,6 +13,7 @@ from torch import nn
 
 import ann2snn
 from ann2snn import snn_file as snn_io
+from ann2snn.frontends.checkpoint import load_model
 from ann2snn.models import get_model
 
 MODEL = "fmnist_avgpool_cnn"
@@ -61,7 +62,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path, dynamo: bool) ->
 
 def test_save_load_roundtrip_is_exact_and_weights_only(tmp_path, trained, images) -> None:
     calib, test = images
-    loaded = snn_io.load_model(MODEL)
+    loaded = load_model(MODEL)
     snn = ann2snn.convert(loaded.module, mode="99.9%", calib_data=[calib], channelwise=True)
     path = tmp_path / "snn.pt"
     snn_io.save_snn(snn, path, provenance={"input": MODEL})
@@ -81,7 +82,7 @@ def test_save_load_roundtrip_is_exact_and_weights_only(tmp_path, trained, images
 
 def test_options_survive_the_roundtrip(tmp_path, images) -> None:
     calib, test = images
-    loaded = snn_io.load_model(MODEL)
+    loaded = load_model(MODEL)
     snn = ann2snn.convert(
         loaded.module, mode=0.9, calib_data=[calib], v_init=0.25, fold_scales=False
     )
@@ -93,7 +94,7 @@ def test_options_survive_the_roundtrip(tmp_path, images) -> None:
 
 
 def test_save_refuses_to_overwrite_when_asked(tmp_path, images) -> None:
-    snn = ann2snn.convert(snn_io.load_model(MODEL).module, calib_data=[images[0]])
+    snn = ann2snn.convert(load_model(MODEL).module, calib_data=[images[0]])
     path = tmp_path / "snn.pt"
     path.write_bytes(b"x")
     with pytest.raises(FileExistsError, match="--force"):
@@ -102,7 +103,7 @@ def test_save_refuses_to_overwrite_when_asked(tmp_path, images) -> None:
 
 
 def test_tampered_file_is_detected(tmp_path, images) -> None:
-    snn = ann2snn.convert(snn_io.load_model(MODEL).module, calib_data=[images[0]])
+    snn = ann2snn.convert(load_model(MODEL).module, calib_data=[images[0]])
     path = tmp_path / "snn.pt"
     snn_io.save_snn(snn, path)
     data = torch.load(path, weights_only=True)
@@ -119,7 +120,7 @@ def small_snn_file(tmp_path_factory):
     from ann2snn.data.datasets import load_dataset
 
     calib = load_dataset("mnist", "train", limit=64).tensors[0]
-    snn = ann2snn.convert(snn_io.load_model("mnist_cnn").module, calib_data=[calib])
+    snn = ann2snn.convert(load_model("mnist_cnn").module, calib_data=[calib])
     path = tmp_path_factory.mktemp("snn") / "snn.pt"
     snn_io.save_snn(snn, path)
     return path, calib[:8], snn(calib[:8], timesteps=8)
@@ -233,7 +234,7 @@ def test_state_dict_checkpoint_dicts_and_prefixes(tmp_path, trained, images) -> 
     }
     for name, obj in variants.items():
         torch.save(obj, tmp_path / name)
-        loaded = snn_io.load_model(tmp_path / name, arch=MODEL)
+        loaded = load_model(tmp_path / name, arch=MODEL)
         assert torch.equal(loaded.module(x), trained(x)), name
         assert loaded.source["kind"] == "registry" and loaded.source["arch"] == MODEL
 
@@ -241,7 +242,7 @@ def test_state_dict_checkpoint_dicts_and_prefixes(tmp_path, trained, images) -> 
 def test_bundled_checkpoint_knows_its_architecture(trained, images) -> None:
     from ann2snn.models import checkpoint_path
 
-    loaded = snn_io.load_model(checkpoint_path(MODEL))
+    loaded = load_model(checkpoint_path(MODEL))
     assert torch.equal(loaded.module(images[1]), trained(images[1]))
 
 
@@ -250,16 +251,16 @@ def test_arch_mismatch_names_the_tensors(tmp_path, trained) -> None:
     with pytest.raises(
         ValueError, match=r"0\.weight: file \[24, 1, 3, 3\] vs model \[32, 1, 3, 3\]"
     ):
-        snn_io.load_model(tmp_path / "w.pt", arch=MODEL, arch_kwargs={"width": 32})
+        load_model(tmp_path / "w.pt", arch=MODEL, arch_kwargs={"width": 32})
     with pytest.raises(ValueError, match="holds only weights"):
-        snn_io.load_model(tmp_path / "w.pt")
+        load_model(tmp_path / "w.pt")
 
 
 def test_pickled_module_needs_trust(tmp_path, trained, images) -> None:
     torch.save(trained, tmp_path / "whole.pt")
     with pytest.raises(snn_io.UntrustedFileError, match="trust_checkpoint=True"):
-        snn_io.load_model(tmp_path / "whole.pt")
-    loaded = snn_io.load_model(tmp_path / "whole.pt", trust_checkpoint=True)
+        load_model(tmp_path / "whole.pt")
+    loaded = load_model(tmp_path / "whole.pt", trust_checkpoint=True)
     assert torch.equal(loaded.module(images[1]), trained(images[1]))
     snn = ann2snn.convert(loaded.module, calib_data=[images[0]])
     snn_io.save_snn(snn, tmp_path / "snn.pt")
@@ -291,7 +292,7 @@ def test_factory_architecture_from_the_working_directory(tmp_path, monkeypatch, 
     torch.manual_seed(0)
     net = mynets.tiny(width=3).eval()
     torch.save(net.state_dict(), tmp_path / "tiny.pt")
-    loaded = snn_io.load_model(tmp_path / "tiny.pt", arch="mynets:tiny", arch_kwargs='{"width": 3}')
+    loaded = load_model(tmp_path / "tiny.pt", arch="mynets:tiny", arch_kwargs='{"width": 3}')
     assert loaded.source == {**loaded.source, "kind": "factory", "factory": "mynets:tiny"}
     assert torch.equal(loaded.module(images[1]), net(images[1]))
     snn = ann2snn.convert(loaded.module, calib_data=[images[0]])
@@ -312,8 +313,8 @@ def test_exported_program_converts_like_the_module(tmp_path, trained, images) ->
     path = tmp_path / "model.pt2"
     torch.export.save(torch.export.export(trained, (calib[:2],)), str(path))
     with pytest.raises(snn_io.UntrustedFileError, match="torch.export"):
-        snn_io.load_model(path)
-    loaded = snn_io.load_model(path, trust_checkpoint=True)
+        load_model(path)
+    loaded = load_model(path, trust_checkpoint=True)
     kinds = {type(m) for m in loaded.module.modules()}
     assert {nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.Linear} <= kinds
     torch.testing.assert_close(loaded.module(test), trained(test), rtol=0, atol=1e-5)
@@ -330,7 +331,7 @@ def test_onnx_model_converts_like_the_module(tmp_path, trained, images, dynamo) 
     calib, test = images
     path = tmp_path / "model.onnx"
     _export_onnx(trained, calib[:2], path, dynamo)
-    loaded = snn_io.load_model(path)
+    loaded = load_model(path)
     assert loaded.source["kind"] == "onnx" and loaded.input_shape == (1, 28, 28)
     direct = ann2snn.convert(trained, calib_data=[calib])
     via_onnx = ann2snn.convert(loaded.module, calib_data=[calib])
@@ -359,7 +360,7 @@ def test_onnx_resnet18_random_weights(tmp_path, dynamo) -> None:
     test = torch.rand(4, 3, 32, 32, generator=gen)
     path = tmp_path / "resnet18.onnx"
     _export_onnx(net, calib[:2], path, dynamo)
-    loaded = snn_io.load_model(path)
+    loaded = load_model(path)
     # Searches that pick discrete per-layer factors can tip either way on near-ties: on
     # random weights, a 1e-7 relative change of the weights alone moves the outputs by
     # ~1e-2. The import is compared on the deterministic part of the conversion.

@@ -1,0 +1,4 @@
+"""The package version (its own module, so that modules can read it without importing
+the whole package)."""
+
+__version__ = "0.1.0"
