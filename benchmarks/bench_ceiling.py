@@ -42,22 +42,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_accuracy import bench_arguments, load_bench_data, load_results  # noqa: E402
 
 import ann2snn  # noqa: E402
-from ann2snn.analysis.evaluate import evaluate, write_atomic  # noqa: E402
+from ann2snn.analysis.evaluate import accuracy, evaluate, write_atomic  # noqa: E402
 from ann2snn.analysis.rounding_ceiling import quantized_ann, rounded_activations, set_levels  # noqa: E402
 
 FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.15)
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy in percent."""
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    return 100.0 * correct / total
-
-
 def oracle(q: torch.nn.Module, loader: DataLoader, levels: int, factors: Sequence[float]) -> Dict:
     """The best per-layer threshold factors of the rounded ANN at ``levels``, on ``loader``."""
     layers = rounded_activations(q)

@@ -71,7 +71,7 @@ def _positive_float(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ann2snn.converter_passes.bootstrap_fit import DEFAULT_SAMPLE_RANGE, DEFAULT_SEGMENTS
+    from ann2snn.training.bootstrap import DEFAULT_SAMPLE_RANGE, DEFAULT_SEGMENTS
 
     parser.add_argument("model", metavar="MODEL", help="an SNN file or a trained ANN")
     parser.add_argument(
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     import ann2snn
     from ann2snn import snn_file as snn_io
     from ann2snn.analysis.evaluate import write_atomic
-    from ann2snn.converter_passes.bootstrap_fit import check_sample_range
+    from ann2snn.training.bootstrap import check_sample_range
 
     validate_mode(args.mode)
     try:

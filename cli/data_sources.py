@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ann2snn.data.datasets import dataset_name as canonical_dataset
+
 __all__ = ["DataOptions", "DataSource", "open_data", "parse_floats"]
 
 _X_KEYS = ("x", "images", "inputs", "input", "data", "X")
@@ -203,52 +205,37 @@ def _has_idx(folder: pathlib.Path) -> bool:
 
 
 def _image_folder(folder: pathlib.Path, options: DataOptions) -> Dataset:
-    from torchvision import datasets, transforms
-
     classes = [p for p in folder.iterdir() if p.is_dir()]
     if not classes:
         raise ValueError(
             f"{folder} is a folder without sub-folders. An image folder needs one sub-folder "
             "per class (cat/001.png, dog/002.png ...); a dataset folder needs MNIST IDX files"
         )
-    steps: List[Any] = []
+    from ann2snn.data.imagefolder import image_folder_dataset
+
     channels = options.channels or 3
     if channels not in (1, 3):
         raise ValueError(f"--channels must be 1 or 3, got {channels}")
-    steps.append(transforms.Grayscale(1) if channels == 1 else transforms.Lambda(_to_rgb))
-    if options.resize:  # ImageNet style: the shorter side, then a center crop
-        crop = options.image_size or options.resize
-        if crop > options.resize:
-            raise ValueError(
-                f"--image-size {crop} is larger than --resize {options.resize}: the center "
-                "crop must fit (ImageNet: --resize 256 --image-size 224)"
-            )
-        steps += [transforms.Resize(options.resize), transforms.CenterCrop(crop)]
-    elif options.image_size:
-        steps.append(transforms.Resize((options.image_size, options.image_size)))
-    steps.append(transforms.ToTensor())
+    crop = options.image_size or options.resize
+    if options.resize and crop > options.resize:
+        raise ValueError(
+            f"--image-size {crop} is larger than --resize {options.resize}: the center "
+            "crop must fit (ImageNet: --resize 256 --image-size 224)"
+        )
     try:
-        ds = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+        # ImageNet style with --resize (the shorter side, then a center crop); a plain
+        # --image-size resizes to a square. No normalization: the model's own layers do it.
+        return image_folder_dataset(
+            folder,
+            image_size=crop or None,
+            resize=options.resize or None,
+            mean=None,
+            std=None,
+            grayscale=channels == 1,
+            square_resize=True,
+        )
     except (FileNotFoundError, RuntimeError) as exc:
         raise ValueError(f"{folder}: {exc}") from exc
-    return ds
-
-
-def _to_rgb(img: Any) -> Any:
-    return img.convert("RGB")
-
-
-_DATASET_NAMES = {
-    "mnist": "mnist",
-    "fashion-mnist": "fashion-mnist",
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-}
-
-
-def _dataset_name(text: str) -> Optional[str]:
-    return _DATASET_NAMES.get(text.strip().lower())
 
 
 def _check_dataset_folder(name: str, root: str, split: str) -> None:
@@ -302,7 +289,7 @@ def open_data(
     name, root, dataset_name = None, None, None
     if not path.exists():
         head, sep, tail = spec.partition(":")
-        name = _dataset_name(head)
+        name = canonical_dataset(head)
         if name is None:
             raise FileNotFoundError(
                 f"DATA {spec!r} is neither an existing file or folder nor a dataset name. "

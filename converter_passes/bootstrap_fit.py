@@ -26,8 +26,9 @@ from tqdm import tqdm
 from ann2snn._checks import device_of, positive_int
 from ann2snn.calibration import batch_count_bound, iter_inputs
 from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.recorders import SpikeRecorder
 from ann2snn.runtime.spiking_model import SpikingModel
-from ann2snn.training.pwl import PiecewiseLinear, RateRecorder, fits_of, pwl_eval
+from ann2snn.training.pwl import PiecewiseLinear, fits_of, pwl_eval
 
 #: Default input-current range sampled and fitted, in units of the threshold.
 DEFAULT_SAMPLE_RANGE: Tuple[float, float] = (-1.0, 2.0)
@@ -198,7 +199,7 @@ def sample_rates(
         disable=not progress,
         leave=False,
     )
-    with RateRecorder(snn) as rec:
+    with SpikeRecorder(snn, per_neuron=True) as rec:
         for x in bar:
             rec.clear()
             for _ in snn.simulate(x.to(device), timesteps):

@@ -98,15 +98,12 @@ def evaluate(
     Returns:
         Accuracy in percent.
     """
-    images, labels = load_dataset(dataset, "test", root=root, limit=limit).tensors
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(images[start : start + batch_size])
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
-    model.train(was_training)
-    return 100.0 * correct / len(labels)
+    from torch.utils.data import DataLoader
+
+    from ann2snn.analysis.evaluate import accuracy
+
+    test = load_dataset(dataset, "test", root=root, limit=limit)
+    return accuracy(model, DataLoader(test, batch_size=batch_size))
 
 
 def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:

@@ -96,3 +96,19 @@ def test_import_does_not_build_the_kernels():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_cli_uses_only_the_public_api() -> None:
+    """The CLI imports no private name and nothing from the compiler passes."""
+    bad = []
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ann2snn"):
+                module = node.module or ""
+                names = [a.name for a in node.names if a.name != "__version__"]
+                private = [n for n in names + module.split(".") if n.startswith("_")]
+                if private:
+                    bad.append(f"{path.name}:{node.lineno} {module} {private}")
+                if module.startswith("ann2snn.converter_passes"):
+                    bad.append(f"{path.name}:{node.lineno} {module}")
+    assert not bad, bad

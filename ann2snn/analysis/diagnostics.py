@@ -36,8 +36,9 @@ import torch
 from torch import fx, nn
 
 from ann2snn._checks import device_of
-from ann2snn.calibration import batch_input
+from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.runtime.neuron import IFNeuron
+from ann2snn.runtime.recorders import SpikeRecorder
 from ann2snn.runtime.spiking_model import SpikingModel
 
 __all__ = [
@@ -334,45 +335,32 @@ def layer_report(
 
     if not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
-    neurons = dict(snn.neurons())
     rec = _ShapeRecorder(snn.graph_module)
-    spikes = {name: 0.0 for name in neurons}
-    steps = {name: 0 for name in neurons}
     samples = 0
     device = device_of(snn)
     example = None
-    total = None
+    total = batch_count_bound(loader, max_batches)
     try:
-        total = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    if max_batches is not None:
-        total = max_batches if total is None else min(total, max_batches)
-    for m in neurons.values():
-        m.monitor = True
-    try:
-        bar = tqdm(loader, total=total, desc=f"layer report T={timesteps}", disable=not progress)
-        for i, batch in enumerate(bar):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = batch_input(batch).to(device)
-            example = x[:1] if example is None else example
-            for _ in snn.simulate(x, timesteps):
-                pass
-            # Read the counters before the next simulation resets them.
-            for name, m in neurons.items():
-                spikes[name] += m.spike_count
-                steps[name] += m.neuron_steps
-            samples += int(x.shape[0])
-        bar.close()
+        with SpikeRecorder(snn) as spike_rec:
+            bar = tqdm(
+                loader, total=total, desc=f"layer report T={timesteps}", disable=not progress
+            )
+            for i, batch in enumerate(bar):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = batch_input(batch).to(device)
+                example = x[:1] if example is None else example
+                for _ in snn.simulate(x, timesteps):
+                    pass
+                samples += int(x.shape[0])
+            bar.close()
     finally:
-        for m in neurons.values():
-            m.monitor = False
         rec.remove()
     if samples == 0:
         raise ValueError("the data for the layer report yielded no batch")
     fan_out = _fan_outs(snn, rec)
     rows = _neuron_rows(snn)
+    spikes, steps = spike_rec.spikes, spike_rec.neuron_steps
     for row in rows:
         row.neurons = steps[row.name] // (samples * timesteps)
         row.firing_rate = spikes[row.name] / max(steps[row.name], 1)
@@ -395,3 +383,11 @@ def layer_report(
         ann_energy_uj=ann_total * ENERGY_PER_MAC_PJ * 1e-6,
         snn_energy_uj=(synops * ENERGY_PER_AC_PJ + static_macs * ENERGY_PER_MAC_PJ) * 1e-6,
     )
+
+
+def count_neurons(snn: SpikingModel) -> Tuple[int, int]:
+    """(IF layers, neurons per sample) of a converted model, measured on one zero input."""
+    shape = tuple(snn.meta.get("input_shape") or ())
+    with SpikeRecorder(snn) as rec, torch.no_grad():
+        snn(torch.zeros((1,) + shape, device=device_of(snn)), timesteps=1)
+    return len(rec.neurons), sum(rec.neuron_steps.values())

@@ -15,7 +15,7 @@ from torch import nn
 
 from ann2snn import distributed
 from ann2snn._checks import device_of, positive_int
-from ann2snn.calibration import batch_input
+from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.runtime.spiking_model import SpikingModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -162,6 +162,37 @@ def _check_timesteps(timesteps: Any) -> List[int]:
 
 
 @torch.no_grad()
+def accuracy(
+    model: nn.Module, loader: Iterable[Any], *, max_batches: Optional[int] = None
+) -> float:
+    """Top-1 accuracy (percent) of a model that maps a batch to logits (an ANN, a rounded
+    ANN, or an SNN wrapped to a fixed T), over ``(input, label)`` batches.
+
+    The model is put in eval mode for the pass and restored afterwards.
+
+    Raises:
+        ValueError: ``loader`` yields no batch.
+    """
+    device = device_of(model)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            y = _labels(batch).to(device)
+            logits = model(batch_input(batch).to(device))
+            correct += int((logits.argmax(1) == y).sum())
+            total += int(y.numel())
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("the data for the accuracy yielded no batch")
+    return 100.0 * correct / total
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
@@ -205,13 +236,7 @@ def evaluate(
     ann_norm = 0.0
     ann_correct = 0
     total = 0
-    n_batches = None
-    try:
-        n_batches = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    if max_batches is not None:
-        n_batches = max_batches if n_batches is None else min(n_batches, max_batches)
+    n_batches = batch_count_bound(loader, max_batches)
     bar = tqdm(total=n_batches, desc=f"evaluating T<={t_max}", disable=not progress, leave=False)
     with distributed.failure_check("evaluation"):
         for i, batch in enumerate(loader):

@@ -31,6 +31,7 @@ from ann2snn.errors import DataNotFoundError
 __all__ = [
     "DATASETS",
     "ENV_VAR",
+    "dataset_name",
     "find_data_root",
     "load_dataset",
     "make_loader",
@@ -80,11 +81,16 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def dataset_name(name: str) -> Optional[str]:
+    """The canonical name (``"mnist"`` / ``"fashion-mnist"``) of a dataset alias, or None."""
+    return _ALIASES.get(str(name).strip().lower())
+
+
 def _canonical_name(name: str) -> str:
-    key = str(name).strip().lower()
-    if key not in _ALIASES:
+    canonical = dataset_name(name)
+    if canonical is None:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(_ALIASES))}")
-    return _ALIASES[key]
+    return canonical
 
 
 def _canonical_split(split: str) -> str:

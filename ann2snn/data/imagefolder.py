@@ -53,6 +53,7 @@ def image_folder_dataset(
     *,
     grayscale: bool = False,
     limit: Optional[int] = None,
+    square_resize: bool = False,
 ) -> Dataset:
     """A dataset of ``(image [C, H, W] float32, class index)`` from an image folder.
 
@@ -64,6 +65,8 @@ def image_folder_dataset(
         std: per-channel standard deviation divided by (with ``mean``).
         grayscale: convert images to one channel (then give one-element mean/std).
         limit: keep only the first ``limit`` images (in class, then file-name order).
+        square_resize: with ``resize=None``, resize every image to ``image_size`` x
+            ``image_size`` (changing its aspect ratio) instead of center-cropping it.
 
     Returns:
         A map-style dataset; ``dataset.classes`` (the folder names) is kept where present.
@@ -105,7 +108,9 @@ def image_folder_dataset(
         steps.append(transforms.Grayscale(num_output_channels=1))
     if resize is not None:
         steps.append(transforms.Resize(resize, antialias=True))
-    if image_size is not None:
+    if image_size is not None and resize is None and square_resize:
+        steps.append(transforms.Resize((image_size, image_size)))
+    elif image_size is not None:
         steps.append(transforms.CenterCrop(image_size))
     steps.append(transforms.ToTensor())
     if mean is not None:

@@ -95,16 +95,11 @@ class IFNeuron(nn.Module):
         self.register_buffer("scale", None)  # normalization scale in ANN units (diagnostics)
         self.steps = 1
         self.static_input = False  # input is the same every step: [B, ...] instead of [T*B, ...]
-        self.monitor = False
         self.v: Optional[torch.Tensor] = None
-        self.spike_count = 0.0
-        self.neuron_steps = 0
 
     def reset(self) -> None:
-        """Forget the membrane potential (and monitored spike counts)."""
+        """Forget the membrane potential."""
         self.v = None
-        self.spike_count = 0.0
-        self.neuron_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from ann2snn import ops
@@ -123,9 +118,6 @@ class IFNeuron(nn.Module):
         if self.v is None or tuple(self.v.shape) != tuple(per_step):
             self.v = self.initial_potential(currents[0]).expand(per_step).float().contiguous()
         spikes, self.v = ops.if_multistep(currents, self.v, self.threshold.to(x.device))
-        if self.monitor:
-            self.spike_count += float(spikes.sum())
-            self.neuron_steps += spikes.numel()
         return spikes.reshape((-1,) + tuple(per_step[1:]))
 
     def initial_potential(self, like: torch.Tensor) -> torch.Tensor:

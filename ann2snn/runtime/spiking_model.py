@@ -9,7 +9,7 @@ from torch import fx, nn
 
 from ann2snn._checks import optional_positive_int, positive_int
 from ann2snn.runtime.neuron import IFNeuron
-from ann2snn.runtime.temporal import TemporalModule
+from ann2snn.runtime.temporal import reset_state, set_steps
 
 # Activation memory one chunk of time may take (elements of the largest activation tensor).
 CHUNK_ELEMENT_BUDGET = 64 * 2**20
@@ -47,14 +47,7 @@ class SpikingModel(nn.Module):
 
     def reset(self) -> None:
         """Reset all state carried over time (done automatically by each simulation)."""
-        for m in self.graph_module.modules():
-            if isinstance(m, TemporalModule):
-                m.reset()
-
-    def _set_steps(self, steps: int) -> None:
-        for m in self.graph_module.time_loop.modules():
-            if isinstance(m, TemporalModule):
-                m.steps = steps
+        reset_state(self.graph_module)
 
     def chunk_steps(self, batch: int, timesteps: int) -> int:
         """Time steps per chunk for a batch size: bounded memory, independent of T."""
@@ -84,11 +77,11 @@ class SpikingModel(nn.Module):
         done = 0
         while done < timesteps:
             steps = min(chunk, timesteps - done)
-            self._set_steps(steps)
+            set_steps(gm.time_loop, steps)
             out = gm.time_loop(*static_values)
             yield out.reshape((steps, batch) + tuple(out.shape[1:]))
             done += steps
-        self._set_steps(1)
+        set_steps(gm.time_loop, 1)
 
     def forward(
         self, x: torch.Tensor, timesteps: int = 32, chunk_steps: Optional[int] = None

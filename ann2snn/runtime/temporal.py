@@ -1,8 +1,15 @@
-"""The contract of modules that live in time: they process chunks of steps and keep state."""
+"""The contract of modules that live in time: they process chunks of steps and keep state.
+
+Every simulator (``SpikingModel.simulate``, the layer-calibration sweep, bootstrap's ANN
+view) drives such modules through the three helpers below and nothing else, so a new
+stateful module (a leaky neuron, a pooling method) implements :class:`TemporalModule` once.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import List, Protocol, runtime_checkable
+
+from torch import nn
 
 
 @runtime_checkable
@@ -21,3 +28,20 @@ class TemporalModule(Protocol):
     def reset(self) -> None:
         """Forget all state carried between calls."""
         ...
+
+
+def temporal_modules(module: nn.Module) -> List[nn.Module]:
+    """Every submodule of ``module`` (itself included) that lives in time."""
+    return [m for m in module.modules() if isinstance(m, TemporalModule)]
+
+
+def set_steps(module: nn.Module, steps: int) -> None:
+    """Make every module in time under ``module`` process chunks of ``steps`` steps."""
+    for m in temporal_modules(module):
+        m.steps = steps
+
+
+def reset_state(module: nn.Module) -> None:
+    """Forget the state of every module in time under ``module``."""
+    for m in temporal_modules(module):
+        m.reset()

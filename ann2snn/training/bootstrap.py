@@ -41,17 +41,26 @@ from tqdm import tqdm
 
 from ann2snn._checks import positive_int
 from ann2snn.calibration import batch_input
+from ann2snn.converter_passes.bootstrap_fit import (
+    DEFAULT_SAMPLE_RANGE,
+    DEFAULT_SEGMENTS,
+    check_sample_range,
+)
 from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.runtime.pooling import GatedMaxPool, SpikingMaxPool
+from ann2snn.runtime.recorders import SpikeRecorder
 from ann2snn.runtime.spiking_model import SpikingModel
+from ann2snn.runtime.temporal import reset_state, set_steps
 from ann2snn.tracing import replace_submodule
-from ann2snn.training.pwl import PiecewiseLinear, RateRecorder, drop_fits, fits_of, pwl_eval
+from ann2snn.training.pwl import PiecewiseLinear, drop_fits, fits_of, pwl_eval
 
 __all__ = [
+    "DEFAULT_SAMPLE_RANGE",
+    "DEFAULT_SEGMENTS",
     "BootstrapModel",
     "BootstrapRecord",
+    "check_sample_range",
     "PiecewiseLinear",
-    "RateRecorder",
     "bootstrap",
     "drop_fits",
     "fits_of",
@@ -162,7 +171,7 @@ class BootstrapModel(nn.Module):
         and the loss is the SNN's own. Leaves the model in ANN mode.
         """
         self.snn_mode()
-        with torch.no_grad(), RateRecorder(self.snn) as rec:
+        with torch.no_grad(), SpikeRecorder(self.snn, per_neuron=True) as rec:
             for _ in self.snn.simulate(x, timesteps):
                 pass
             rates = {name: rec.means(name, timesteps)[1] for name in rec.neurons}
@@ -200,10 +209,8 @@ def _one_step_fresh(module: nn.Module) -> None:
     """Set every module that lives in time (steps + reset: the simulator's contract, e.g.
     max pooling over spike trains) to one step from a fresh state: a single pass then
     computes their rate function (the max pooling of the rates)."""
-    for m in module.modules():
-        if isinstance(getattr(m, "steps", None), int) and callable(getattr(m, "reset", None)):
-            m.steps = 1
-            m.reset()
+    set_steps(module, 1)
+    reset_state(module)
 
 
 @dataclass

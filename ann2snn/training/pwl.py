@@ -6,14 +6,13 @@ and the training loop (:mod:`ann2snn.bootstrap`), so that neither imports the ot
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple, Union
+from typing import Iterator, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ann2snn.runtime.neuron import IFNeuron, _channel_view
-from ann2snn.runtime.spiking_model import SpikingModel
+from ann2snn.runtime.neuron import _channel_view
 
 #: Name of the ModuleDict on a spiking graph that holds the fitted functions.
 FITS_ATTR = "bootstrap_fits"
@@ -120,65 +119,6 @@ class PiecewiseLinear(nn.Module):
             f"segments={self.segments}, range=({self.lo:g}, {self.hi:g}), "
             f"learnable={not self.exact}"
         )
-
-
-class RateRecorder:
-    """Record, per IF layer, each neuron's summed input current and spike count over one
-    simulation (a context manager over forward hooks).
-
-    Example:
-        >>> with RateRecorder(snn) as rec:  # doctest: +SKIP
-        ...     snn(x, timesteps=4)
-        ...     current, rate = rec.means("time_loop.relu", 4)
-    """
-
-    def __init__(self, snn: SpikingModel) -> None:
-        self.neurons = dict(snn.neurons())
-        self.sums: Dict[str, List[torch.Tensor]] = {}
-        self._handles: List[Any] = []
-
-    def __enter__(self) -> RateRecorder:
-        self._handles = [
-            m.register_forward_hook(self._hook(name)) for name, m in self.neurons.items()
-        ]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def clear(self) -> None:
-        """Forget what was recorded (call between inputs)."""
-        self.sums = {}
-
-    def _hook(self, name: str):
-        def record(module: IFNeuron, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor):
-            # float64 sums: the mean of T float32 inputs is then exact (bins see true values)
-            x, steps = inputs[0].detach().double(), module.steps
-            # a static-input neuron receives its (constant) current once per chunk
-            cur = x * steps if module.static_input else x.reshape((steps, -1) + x.shape[1:]).sum(0)
-            spk = output.detach().reshape((steps, -1) + output.shape[1:]).sum(0)
-            if name in self.sums:
-                self.sums[name][0] += cur
-                self.sums[name][1] += spk
-            else:
-                self.sums[name] = [cur.clone(), spk.clone()]
-
-        return record
-
-    def means(self, name: str, timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(mean input current / threshold (float64), rate) of every neuron of layer
-        ``name``, ``[B, ...]`` each, after a simulation of ``timesteps`` steps.
-
-        Raises:
-            KeyError: when the layer has not run since :meth:`clear`.
-        """
-        if name not in self.sums:
-            raise KeyError(f"IF layer {name!r} did not run since the recorder was cleared")
-        cur, spk = self.sums[name]
-        thr = _channel_view(self.neurons[name].threshold.to(cur.device).double(), cur)
-        return cur / timesteps / thr, spk / timesteps
 
 
 class _Fits:

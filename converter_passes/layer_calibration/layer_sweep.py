@@ -31,6 +31,7 @@ from ann2snn.calibration import iter_inputs
 from ann2snn.config import ConversionConfig, check_horizons
 from ann2snn.ops import if_multistep
 from ann2snn.runtime.neuron import IFNeuron, _channel_view
+from ann2snn.runtime.temporal import reset_state, set_steps, temporal_modules
 from ann2snn.tracing import is_module
 
 #: Calibration images simulated by default (a subset of the calibration data).
@@ -46,10 +47,6 @@ class LayerCalibrator(Protocol):
     def calibrate(self, gm: fx.GraphModule, node: fx.Node, layer: LayerData) -> None:
         """Tune the IF neuron at ``node`` from ``layer``; may change ``gm``."""
         ...
-
-
-def _temporal_modules(gm: fx.GraphModule) -> List[Any]:
-    return [m for m in gm.modules() if hasattr(m, "steps") and callable(getattr(m, "reset", None))]
 
 
 class LayerData:
@@ -253,11 +250,9 @@ class LayerSweep:
             return
         targets = self._targets()
         t = self.timesteps
-        temporal = _temporal_modules(self.gm)
-        for m in temporal:
-            m.steps = t
-            m.reset()
-        stateful = {id(m) for m in temporal}
+        set_steps(self.gm, t)
+        reset_state(self.gm)
+        stateful = {id(m) for m in temporal_modules(self.gm)}
         done: set = set()
         interp = fx.Interpreter(self.gm)
         env: Dict[fx.Node, List[Any]] = {}
@@ -300,9 +295,8 @@ class LayerSweep:
         finally:
             bar.close()
             interp.env = {}
-            for m in temporal:
-                m.steps = 1
-                m.reset()
+            set_steps(self.gm, 1)
+            reset_state(self.gm)
 
     def _calibrate(
         self,

@@ -60,7 +60,7 @@ def test_mlp_counts_by_hand() -> None:
     assert report.snn_energy_uj == pytest.approx(
         (row.synops * ENERGY_PER_AC_PJ + 12 * ENERGY_PER_MAC_PJ) * 1e-6
     )
-    assert not neuron.monitor  # monitoring is switched off again
+    assert not neuron._forward_hooks  # recording is switched off again
 
 
 def test_conv_fan_out_and_macs() -> None:

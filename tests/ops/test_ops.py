@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -170,7 +171,7 @@ print("ok")
     result = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "ANN2SNN_DISABLE_AVX2": "1"},
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=str(pathlib.Path(__file__).resolve().parents[2]),
         capture_output=True,
         text=True,
         timeout=300,

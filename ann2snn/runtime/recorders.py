@@ -1,0 +1,93 @@
+"""Recording what the IF layers of a simulation receive and emit (one mechanism for all).
+
+:class:`SpikeRecorder` is the only spike recorder: the per-layer diagnostics
+(``analysis.diagnostics.layer_report``) read its totals, and bootstrap (fitting and the
+hybrid pass) reads its per-neuron means. It works through forward hooks, so the neurons
+themselves carry no monitoring state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from ann2snn.runtime.neuron import IFNeuron, _channel_view
+
+
+class SpikeRecorder:
+    """Per IF layer: total spikes and neuron-steps, and (with ``per_neuron``) each neuron's
+    summed input current and spike count since :meth:`clear` (a context manager over
+    forward hooks).
+
+    Example:
+        >>> with SpikeRecorder(snn, per_neuron=True) as rec:  # doctest: +SKIP
+        ...     snn(x, timesteps=4)
+        ...     current, rate = rec.means("time_loop.relu", 4)
+
+    Attributes:
+        neurons: name -> IF module of every layer recorded.
+        spikes: name -> spikes emitted since the recorder was made (a float).
+        neuron_steps: name -> neurons x time steps simulated since then.
+        sums: name -> ``[current, spikes]`` per neuron ``[B, ...]`` since :meth:`clear`.
+    """
+
+    def __init__(self, snn: Any, *, per_neuron: bool = False) -> None:
+        self.neurons: Dict[str, IFNeuron] = dict(snn.neurons())
+        self.per_neuron = per_neuron
+        self.spikes: Dict[str, float] = {name: 0.0 for name in self.neurons}
+        self.neuron_steps: Dict[str, int] = {name: 0 for name in self.neurons}
+        self.sums: Dict[str, List[torch.Tensor]] = {}
+        self._handles: List[Any] = []
+
+    def __enter__(self) -> SpikeRecorder:
+        self._handles = [
+            m.register_forward_hook(self._hook(name)) for name, m in self.neurons.items()
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def clear(self) -> None:
+        """Forget the per-neuron sums (call between inputs); totals are kept."""
+        self.sums = {}
+
+    def _hook(self, name: str):
+        def record(module: IFNeuron, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor):
+            out = output.detach()
+            self.spikes[name] += float(out.sum())
+            self.neuron_steps[name] += out.numel()
+            if not self.per_neuron:
+                return
+            # float64 sums: the mean of T float32 inputs is then exact (bins see true values)
+            x, steps = inputs[0].detach().double(), module.steps
+            # a static-input neuron receives its (constant) current once per chunk
+            cur = x * steps if module.static_input else x.reshape((steps, -1) + x.shape[1:]).sum(0)
+            spk = out.reshape((steps, -1) + out.shape[1:]).sum(0)
+            if name in self.sums:
+                self.sums[name][0] += cur
+                self.sums[name][1] += spk
+            else:
+                self.sums[name] = [cur.clone(), spk.clone()]
+
+        return record
+
+    def means(self, name: str, timesteps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(mean input current / threshold (float64), rate) of every neuron of layer
+        ``name``, ``[B, ...]`` each, after a simulation of ``timesteps`` steps.
+
+        Raises:
+            KeyError: when the layer has not run since :meth:`clear`, or the recorder
+                was made without ``per_neuron``.
+        """
+        if name not in self.sums:
+            raise KeyError(
+                f"IF layer {name!r} did not run since the recorder was cleared"
+                + ("" if self.per_neuron else " (the recorder was made without per_neuron)")
+            )
+        cur, spk = self.sums[name]
+        thr = _channel_view(self.neurons[name].threshold.to(cur.device).double(), cur)
+        return cur / timesteps / thr, spk / timesteps
