@@ -128,15 +128,10 @@ def fidelity(
     ref = ann(x)
     ts = sorted(set(timesteps))
     errors, agreement = {}, {}
-    total, done = None, 0
-    for chunk in snn.simulate(x, ts[-1]):
-        for out in chunk:
-            total = out.clone() if total is None else total.add_(out)
-            done += 1
-            if done in ts:
-                avg = total / done
-                errors[done] = float((avg - ref).abs().mean() / ref.abs().mean().clamp_min(1e-12))
-                agreement[done] = 100.0 * float((avg.argmax(1) == ref.argmax(1)).float().mean())
+    for t, total in snn.cumulative_outputs(x, ts):
+        avg = total / t
+        errors[t] = float((avg - ref).abs().mean() / ref.abs().mean().clamp_min(1e-12))
+        agreement[t] = 100.0 * float((avg.argmax(1) == ref.argmax(1)).float().mean())
     return errors, agreement
 
 

@@ -25,7 +25,7 @@ recorded accuracy is measured on that upcast model.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Mapping
 
 import torch
 from torch import nn
@@ -115,6 +115,17 @@ def checkpoint_path(name: str) -> pathlib.Path:
     return CHECKPOINT_DIR / f"{name}.pt"
 
 
+def is_training_checkpoint(obj: Any) -> bool:
+    """True for a dict in the checkpoint format of ``ann2snn.models.train`` (it names its
+    architecture, so the weights need no ``--arch``)."""
+    return isinstance(obj, Mapping) and {"arch", "kwargs", "state_dict"} <= set(obj)
+
+
+def float32_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state_dict with its floating-point tensors in float32 (checkpoints may be float16)."""
+    return {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
+
+
 def load_checkpoint(path: str | pathlib.Path) -> Dict[str, Any]:
     """Read a checkpoint dict with ``torch.load(weights_only=True)``.
 
@@ -131,7 +142,7 @@ def load_checkpoint(path: str | pathlib.Path) -> Dict[str, Any]:
     path = pathlib.Path(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     required = {"arch", "kwargs", "state_dict", "dataset", "test_accuracy"}
-    if not isinstance(ckpt, dict) or not required <= set(ckpt):
+    if not is_training_checkpoint(ckpt) or not required <= set(ckpt):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(
             f"{path} is not an ann2snn model checkpoint: expected keys {sorted(required)}, "
@@ -153,11 +164,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any]) -> nn.Module:
         ValueError: If the architecture is unknown or the weights do not fit it.
     """
     model = get_model(ckpt["arch"], **ckpt["kwargs"])
-    state = {
-        k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt["state_dict"].items()
-    }
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(float32_state(ckpt["state_dict"]))
     except RuntimeError as exc:
         raise ValueError(f"checkpoint weights do not fit {ckpt['arch']}: {exc}") from exc
     return model.eval()

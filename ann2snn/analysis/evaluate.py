@@ -248,18 +248,12 @@ def evaluate(
             if ref is not None:
                 ann_correct += int((ref.argmax(1) == y).sum())
                 ann_norm += float(ref.abs().mean(dim=tuple(range(1, ref.dim()))).sum())
-            cum = None
-            t_done = 0
-            for chunk in model.simulate(x, t_max):
-                for out in chunk:
-                    cum = out.clone() if cum is None else cum.add_(out)
-                    t_done += 1
-                    if t_done in correct:
-                        correct[t_done] += int((cum.argmax(1) == y).sum())
-                        if ref is not None:
-                            avg = cum / t_done
-                            dims = tuple(range(1, ref.dim()))
-                            err_sum[t_done] += float((avg - ref).abs().mean(dim=dims).sum())
+            for t, cum in model.cumulative_outputs(x, ts):
+                correct[t] += int((cum.argmax(1) == y).sum())
+                if ref is not None:
+                    avg = cum / t
+                    dims = tuple(range(1, ref.dim()))
+                    err_sum[t] += float((avg - ref).abs().mean(dim=dims).sum())
             total += int(y.shape[0])
             bar.update(1)
     bar.close()

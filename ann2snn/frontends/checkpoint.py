@@ -41,6 +41,7 @@ from ann2snn.frontends.architectures import (
 )
 from ann2snn.frontends.sources import TRUST_EXPLANATION, attach_source, pickled_source
 from ann2snn.frontends.torch_export import import_exported_program
+from ann2snn.models import float32_state, is_training_checkpoint
 
 __all__ = ["LoadedModel", "UntrustedFileError", "load_model", "sniff"]
 
@@ -145,7 +146,7 @@ def _load_torch_file(
         return LoadedModel(
             module, pickled_source(module), f"{path} (pickled {type(module).__name__})"
         )
-    if isinstance(obj, Mapping) and {"arch", "kwargs", "state_dict"} <= set(obj):
+    if is_training_checkpoint(obj):
         # A checkpoint written by ann2snn.models.train: the architecture is in the file.
         name = arch or obj["arch"]
         kwargs = parse_kwargs(arch_kwargs) if arch else dict(obj["kwargs"])
@@ -289,10 +290,7 @@ def load_model(
                 from ann2snn.models import load_pretrained
 
                 load_pretrained(text)  # raises FileNotFoundError saying how to train it
-            state = {
-                k: v.float() if torch.is_floating_point(v) else v
-                for k, v in ckpt["state_dict"].items()
-            }
+            state = float32_state(ckpt["state_dict"])
             model, source = from_registry(text, dict(ckpt["kwargs"]), state, text)
             attach_source(model, source)
             return LoadedModel(model, source, f"bundled model {text}", dataset=ckpt.get("dataset"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
@@ -82,6 +82,26 @@ class SpikingModel(nn.Module):
             yield out.reshape((steps, batch) + tuple(out.shape[1:]))
             done += steps
         set_steps(gm.time_loop, 1)
+
+    @torch.no_grad()
+    def cumulative_outputs(
+        self, x: torch.Tensor, timesteps: Sequence[int], chunk_steps: Optional[int] = None
+    ) -> Iterator[Tuple[int, torch.Tensor]]:
+        """``(T, summed output of the first T steps)`` for every T of ``timesteps`` (ascending),
+        from ONE simulation to the largest T: the running sum every accuracy or fidelity
+        curve reads (divide by T for the time-averaged output).
+
+        The yielded tensor is the running sum itself and changes as the simulation goes
+        on: read (or clone) it before asking for the next T.
+        """
+        wanted = sorted({positive_int("timesteps", t) for t in timesteps})
+        total, done = None, 0
+        for chunk in self.simulate(x, wanted[-1], chunk_steps):
+            for out in chunk:
+                total = out.clone() if total is None else total.add_(out)
+                done += 1
+                if done in wanted:
+                    yield done, total
 
     def forward(
         self, x: torch.Tensor, timesteps: int = 32, chunk_steps: Optional[int] = None
