@@ -80,7 +80,7 @@ class IFNeuron(nn.Module):
     Args:
         threshold: firing threshold, a scalar or one value per channel (dim 1).
         v_init: initial membrane potential as a fraction of the threshold. A per-channel
-            calibration (``converter_passes/calibrate_potentials.py``) sets
+            calibration (``converter_passes/layer_calibration/calibrate_potentials.py``) sets
             :attr:`v_init_channels`, one fraction per channel, which then takes precedence.
     """
 
