@@ -21,6 +21,7 @@ from ann2snn.cli.common import (
     format_options,
     open_model,
     parse_timesteps,
+    positive_float,
     positive_int,
     to_device,
     validate_mode,
@@ -60,16 +61,6 @@ def _sample_range(text: str) -> List[float]:
     return [lo, hi]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ann2snn.training.bootstrap import DEFAULT_SAMPLE_RANGE, DEFAULT_SEGMENTS
 
@@ -99,17 +90,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tr.add_argument(
         "--epochs",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="E",
         help="passes over the training data, may be fractional (default: %(default)s)",
     )
     tr.add_argument(
-        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)"
+        "--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)"
     )
     tr.add_argument(
         "--resample-every",
-        type=_positive_float,
+        type=positive_float,
         default=0.25,
         metavar="E",
         help="re-sample the SNN and re-fit every E epochs (default: %(default)s)",

@@ -274,6 +274,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
+positive_float = _positive_float
+
+
 # ---------------------------------------------------------------------------------------
 # Parsing helpers
 

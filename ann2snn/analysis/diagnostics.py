@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import fx, nn
 
-from ann2snn._checks import device_of
+from ann2snn._checks import device_of, positive_int
 from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.runtime.recorders import SpikeRecorder
@@ -333,8 +333,7 @@ def layer_report(
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(timesteps, int) or timesteps < 1:
-        raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
+    timesteps = positive_int("timesteps", timesteps)
     rec = _ShapeRecorder(snn.graph_module)
     samples = 0
     device = device_of(snn)
