@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ann2snn._checks import device_of
+from ann2snn.input_checks import check_calibration_batch, float_dtype
 from ann2snn.tracing import register_leaf_module
 
 INPUT_KEYS = ("input", "inputs", "image", "images", "img", "x", "pixel_values", "data")
@@ -188,8 +189,9 @@ def observers_of(module: nn.Module) -> List[ActivationObserver]:
 def _run(module: nn.Module, inputs: Iterable[torch.Tensor], device, progress: bool, total):
     from tqdm.auto import tqdm
 
+    dtype = float_dtype(module)  # float64 or float16 data runs in the model's dtype
     for x in tqdm(inputs, total=total, desc="calibrating", disable=not progress, leave=False):
-        module(x.to(device))
+        module(x.to(device=device, dtype=dtype))
 
 
 def calibrate(
@@ -204,7 +206,8 @@ def calibrate(
 
     One pass when an upper bound on the number of batches is known (``len(data)`` or
     ``max_batches``) and no batch is larger than the first; otherwise a counting pass and
-    an exact second pass (one-shot iterators are buffered for that).
+    an exact second pass (one-shot iterators are buffered for that). Batches are cast to
+    the module's floating-point dtype.
 
     Args:
         module: a module containing :class:`ActivationObserver` s.
@@ -216,7 +219,8 @@ def calibrate(
         ``module``.
 
     Raises:
-        ValueError: when ``data`` yields no batch.
+        ValueError: when ``data`` yields no batch, or a batch that is not floating point
+            or holds NaN or infinite values.
     """
     from ann2snn import distributed
 
@@ -228,7 +232,7 @@ def calibrate(
         data, max_batches = distributed.shard(data, max_batches), None
         progress = progress and distributed.is_main()
     needs_top = any(o.quantile is not None for o in observers)
-    one_shot = iter(data) is data if not isinstance(data, torch.Tensor) else False
+    one_shot = isinstance(data, Iterator)
     for o in observers:
         o.reset_stats()
         o.batches_upper = bound
@@ -236,7 +240,8 @@ def calibrate(
     stored: Optional[List[torch.Tensor]] = [] if (one_shot and needs_top) else None
 
     def first_pass_inputs() -> Iterator[torch.Tensor]:
-        for x in iter_inputs(data, max_batches):
+        for i, x in enumerate(iter_inputs(data, max_batches), 1):
+            check_calibration_batch(x, i)
             if stored is not None:
                 stored.append(x)
             yield x

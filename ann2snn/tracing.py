@@ -68,9 +68,62 @@ def trace(
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError ...
+        if _interrupted_or_broken_import(exc):
+            raise  # Ctrl-C during one of torch's lazy imports: not the model's fault
         raise ConversionError(_trace_failure_message(model, exc)) from exc
+    _default_concrete_args(model, graph, concrete_args)
     name = type(model).__name__
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def _default_concrete_args(
+    model: nn.Module, graph: fx.Graph, concrete_args: Optional[Dict[str, Any]]
+) -> None:
+    """Give the placeholders fx keeps for ``concrete_args`` their value as default.
+
+    fx specializes the graph on each concrete value but still lists the argument (renamed,
+    and without a default when ``forward`` had none); with the default the graph runs on
+    the one input tensor.
+    """
+    if not concrete_args:
+        return
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) != len(placeholders) or any(p.kind not in plain for p in params):
+        return
+    for param, node in zip(params, placeholders):
+        if param.name in concrete_args and not node.args:
+            node.args = (concrete_args[param.name],)
+
+
+def _interrupted_or_broken_import(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a KeyboardInterrupt or a half-done library import.
+
+    Ctrl-C while tracing often lands in one of torch's lazy imports (``torch._dynamo``,
+    ``torch._inductor``); the interrupted module stays half-initialized and the next
+    import of it fails with an ``AttributeError`` / ``ImportError`` raised by a module body.
+    Neither says anything about the user's model.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(exc, (AttributeError, ImportError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "<module>" and _is_library_file(code.co_filename):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def failing_submodule(model: nn.Module, exc: BaseException) -> Tuple[str, Optional[nn.Module]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import fx
@@ -73,11 +73,17 @@ def _collect_sweep_inputs(gm: fx.GraphModule, ctx: ConversionContext) -> fx.Grap
     if not ctx.config.calibrates_layers:
         return gm
     data = ctx.calib_data
-    if not isinstance(data, torch.Tensor) and iter(data) is data:
-        # A one-shot iterator: keep what the sweep reads and put it back in front.
+    if isinstance(data, Iterator):
+        # A one-shot iterator: keep what calibration will read, the sweep's images first.
         data = list(itertools.islice(data, ctx.calib_batches))
         ctx.calib_data = data
-    ctx.sweep_inputs = collect_inputs(data, ctx.calib_batches, ctx.config.sweep_samples, ctx.device)
+    ctx.sweep_inputs = collect_inputs(
+        data,
+        ctx.calib_batches,
+        ctx.config.sweep_samples,
+        ctx.device,
+        dtype=ctx.example_input.dtype,
+    )
     return gm
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from ann2snn import distributed
 from ann2snn._checks import device_of, positive_int
 from ann2snn.calibration import batch_count_bound, batch_input
+from ann2snn.input_checks import logits_of
 from ann2snn.runtime.spiking_model import SpikingModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -171,7 +172,7 @@ def accuracy(
     The model is put in eval mode for the pass and restored afterwards.
 
     Raises:
-        ValueError: ``loader`` yields no batch.
+        ValueError: ``loader`` yields no batch, or the model returns several tensors.
     """
     device = device_of(model)
     was_training = model.training
@@ -182,7 +183,7 @@ def accuracy(
             if max_batches is not None and i >= max_batches:
                 break
             y = _labels(batch).to(device)
-            logits = model(batch_input(batch).to(device))
+            logits = logits_of(model(batch_input(batch).to(device)))
             correct += int((logits.argmax(1) == y).sum())
             total += int(y.numel())
     finally:
@@ -215,6 +216,10 @@ def evaluate(
 
     Returns:
         An :class:`AccuracyCurve`.
+
+    Raises:
+        ValueError: no batch, bad ``timesteps``, or a model that returns several tensors
+            (a tuple or dict holding only the logits is fine).
     """
     from tqdm.auto import tqdm
 
@@ -244,11 +249,12 @@ def evaluate(
                 break
             x = batch_input(batch).to(device)
             y = _labels(batch).to(device)
-            ref = ann(x) if ann is not None else None
+            ref = logits_of(ann(x)) if ann is not None else None
             if ref is not None:
                 ann_correct += int((ref.argmax(1) == y).sum())
                 ann_norm += float(ref.abs().mean(dim=tuple(range(1, ref.dim()))).sum())
-            for t, cum in model.cumulative_outputs(x, ts):
+            for t, out in model.cumulative_outputs(x, ts):
+                cum = logits_of(out)
                 correct[t] += int((cum.argmax(1) == y).sum())
                 if ref is not None:
                     avg = cum / t

@@ -95,15 +95,14 @@ def quantized_ann(
     from ann2snn.converter_passes.pipeline import PIPELINE, ConversionContext, run_pipeline
 
     cfg = resolve_config("quantized_ann", config, mode, options)
-    gm, example, device = traced_copy(
-        "quantized_ann", model, calib_data, leaf_modules, concrete_args
-    )
+    traced = traced_copy("quantized_ann", model, calib_data, leaf_modules, concrete_args)
+    gm = traced.gm
     ctx = ConversionContext(
         config=cfg,
-        calib_data=calib_data,
-        example_input=example,
+        calib_data=traced.calib_data,
+        example_input=traced.example,
         calib_batches=optional_positive_int("calib_batches", calib_batches),
-        device=device,
+        device=traced.device,
     )
     names = [s.name for s in PIPELINE]
     # Up to normalization; the inputs of layer calibration (a later stage) are not needed.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ann2snn._checks import optional_positive_int, positive_int
+from ann2snn.input_checks import check_snn_input, float_dtype, non_finite_samples, shape_error
 from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.runtime.temporal import reset_state, set_steps
 
@@ -56,62 +59,121 @@ class SpikingModel(nn.Module):
         return max(1, min(timesteps, MAX_CHUNK_STEPS, by_memory))
 
     # -- simulation ------------------------------------------------------------------
+    def check_input(self, x: Any) -> torch.Tensor:
+        """``x`` as the network takes it: a floating-point batch ``[B, *meta['input_shape']]``,
+        cast to the network's dtype (float64 images are fine; integer images are not).
+
+        Raises:
+            TypeError / ValueError: naming the expected and the given shape or dtype.
+        """
+        return check_snn_input(x, self.meta.get("input_shape"), float_dtype(self.graph_module))
+
     @torch.no_grad()
     def simulate(
         self, x: torch.Tensor, timesteps: int, chunk_steps: Optional[int] = None
-    ) -> Iterator[torch.Tensor]:
+    ) -> Iterator[Any]:
         """Yield the output of every time step, one chunk ``[steps, B, ...]`` at a time.
 
+        For a model that returns a tuple, list or dict of tensors, each chunk has that
+        structure, with every tensor shaped ``[steps, B, ...]``. The output of a sample
+        whose input holds NaN or inf is NaN (the ANN's would be too).
+
         Args:
-            x: a static input batch ``[B, ...]``.
+            x: a static input batch ``[B, ...]`` (see :meth:`check_input`).
             timesteps: number of time steps T.
             chunk_steps: time steps per chunk (default: :meth:`chunk_steps`).
+
+        Raises:
+            ValueError: for a bad ``timesteps`` or input (see :meth:`check_input`).
         """
         timesteps = positive_int("timesteps", timesteps)
         chunk_steps = optional_positive_int("chunk_steps", chunk_steps)
+        x = self.check_input(x)
+        bad = non_finite_samples(x)
         self.reset()
         gm = self.graph_module
-        static_values = gm.static_prefix(x)
+        static_values = self._run(gm.static_prefix, x, x)
         batch = x.shape[0]
         chunk = chunk_steps or self.chunk_steps(batch, timesteps)
         done = 0
         while done < timesteps:
             steps = min(chunk, timesteps - done)
             set_steps(gm.time_loop, steps)
-            out = gm.time_loop(*static_values)
-            yield out.reshape((steps, batch) + tuple(out.shape[1:]))
+            out = self._run(gm.time_loop, x, *static_values)
+            yield tree_map(functools.partial(_per_step, steps=steps, batch=batch, bad=bad), out)
             done += steps
         set_steps(gm.time_loop, 1)
+
+    def _run(self, fn: Any, x: torch.Tensor, *args: Any) -> Any:
+        """``fn(*args)``; a failure on an input of another size than the converted one is
+        reported as the input's (ValueError)."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            error = shape_error(x, self.meta.get("input_shape"), exc)
+            if error is None:
+                raise
+            raise error from exc
 
     @torch.no_grad()
     def cumulative_outputs(
         self, x: torch.Tensor, timesteps: Sequence[int], chunk_steps: Optional[int] = None
-    ) -> Iterator[Tuple[int, torch.Tensor]]:
+    ) -> Iterator[Tuple[int, Any]]:
         """``(T, summed output of the first T steps)`` for every T of ``timesteps`` (ascending),
         from ONE simulation to the largest T: the running sum every accuracy or fidelity
-        curve reads (divide by T for the time-averaged output).
+        curve reads (divide by T for the time-averaged output). For a model with several
+        outputs, the sum has the output's structure (a tuple, list or dict of tensors).
 
         The yielded tensor is the running sum itself and changes as the simulation goes
         on: read (or clone) it before asking for the next T.
         """
         wanted = sorted({positive_int("timesteps", t) for t in timesteps})
-        total, done = None, 0
+        totals: Optional[List[Any]] = None
+        done = 0
         for chunk in self.simulate(x, wanted[-1], chunk_steps):
-            for out in chunk:
-                total = out.clone() if total is None else total.add_(out)
+            leaves, spec = tree_flatten(chunk)
+            steps = next((t.shape[0] for t in leaves if isinstance(t, torch.Tensor)), 1)
+            for i in range(steps):
+                step = [t[i] if isinstance(t, torch.Tensor) else t for t in leaves]
+                if totals is None:
+                    totals = [t.clone() if isinstance(t, torch.Tensor) else t for t in step]
+                else:
+                    for total, t in zip(totals, step):
+                        if isinstance(total, torch.Tensor):
+                            total.add_(t)
                 done += 1
                 if done in wanted:
-                    yield done, total
+                    yield done, tree_unflatten(totals, spec)
 
     def forward(
         self, x: torch.Tensor, timesteps: int = 32, chunk_steps: Optional[int] = None
-    ) -> torch.Tensor:
-        """The time-averaged output over ``timesteps`` steps for the static input ``x``."""
-        total = None
+    ) -> Any:
+        """The time-averaged output over ``timesteps`` steps for the static input ``x``
+        (a tuple, list or dict of time-averaged tensors for a model that returns one)."""
+        totals: Optional[List[Any]] = None
+        spec = None
         for out in self.simulate(x, timesteps, chunk_steps):
-            s = out.sum(0)
-            total = s if total is None else total + s
-        return total / timesteps
+            leaves, spec = tree_flatten(out)
+            sums = [t.sum(0) if isinstance(t, torch.Tensor) else t for t in leaves]
+            if totals is None:
+                totals = sums
+            else:
+                totals = [a + b if isinstance(a, torch.Tensor) else a for a, b in zip(totals, sums)]
+        assert totals is not None and spec is not None  # timesteps >= 1
+        averaged = [t / timesteps if isinstance(t, torch.Tensor) else t for t in totals]
+        return tree_unflatten(averaged, spec)
 
     def extra_repr(self) -> str:
         return f"neuron_layers={len(self.neurons())}, mode={self.meta.get('mode')!r}"
+
+
+def _per_step(out: Any, steps: int, batch: int, bad: Optional[torch.Tensor]) -> Any:
+    """One output tensor of the time loop, ``[steps * B, ...]``, as ``[steps, B, ...]``;
+    NaN for the samples in ``bad`` (their input was not finite)."""
+    if not isinstance(out, torch.Tensor):
+        return out
+    out = out.reshape((steps, batch) + tuple(out.shape[1:]))
+    if bad is not None and out.is_floating_point():
+        mask = bad.reshape((1, batch) + (1,) * (out.dim() - 2))
+        out = torch.where(mask, torch.full_like(out, float("nan")), out)
+    return out

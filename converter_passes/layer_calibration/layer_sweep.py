@@ -147,8 +147,10 @@ def collect_inputs(
     max_batches: Optional[int] = None,
     max_samples: int = DEFAULT_SWEEP_SAMPLES,
     device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
 ) -> List[torch.Tensor]:
-    """The first ``max_samples`` calibration inputs, re-batched for simulation.
+    """The first ``max_samples`` calibration inputs, re-batched for simulation (moved to
+    ``device`` and cast to ``dtype`` when given).
 
     Raises:
         ValueError: when ``data`` yields no input or ``max_samples`` is not positive.
@@ -171,8 +173,8 @@ def collect_inputs(
     if not parts:
         raise ValueError("the calibration data yielded no input to simulate")
     inputs = torch.cat(parts)
-    if device is not None:
-        inputs = inputs.to(device)
+    if device is not None or dtype is not None:
+        inputs = inputs.to(device=device, dtype=dtype)
     return list(inputs.split(_SWEEP_BATCH))
 
 
