@@ -2,20 +2,29 @@
 
 SNN files (:func:`save_snn` / :func:`load_snn`) are ``torch.save`` dicts that
 ``torch.load(weights_only=True)`` reads: only tensors, numbers, strings, bytes, lists and
-dicts, never pickled classes. A file holds
+dicts, never pickled classes. They are data, not code. A file (format version 2) holds
 
-* ``ann_source``: how to rebuild the ANN (bundled-model name + kwargs + ``state_dict``, or
-  the ONNX bytes, or for the code-bearing kinds ``factory`` / ``export`` / ``pickle``
-  the factory path or file bytes, which are used only with ``trust_checkpoint=True``);
-* ``options``: the conversion options (mode, channel-wise, v_init, fold_scales, input shape);
-* ``snn_state``: the converted network's ``state_dict``: every folded weight, IF threshold
-  and normalization scale;
-* ``probe``: a fixed input and the ANN's output on it, to check the rebuilt ANN;
+* ``graph``: the converted spiking graph as a description over a closed set of module
+  types and functions (:mod:`ann2snn.snn_graph`);
+* ``snn_state``: its tensors: every folded weight, IF threshold, initial potential and
+  normalization scale;
+* ``options``: the conversion options (mode, channel-wise, v_init, ..., input shape);
+* ``ann_description``: one line saying what the ANN was (a bundled name, a factory, ...);
+* ``probe``: a fixed input and the ANN's output on it, to check the rebuilt graph;
 * ``provenance``: where the ANN and the calibration data came from.
 
-:func:`load_snn` rebuilds the ANN, re-runs the deterministic conversion passes on a dummy
-calibration batch (the graph structure does not depend on the calibration values), then
-loads ``snn_state`` strictly over it, so every calibrated value comes from the file.
+:func:`load_snn` rebuilds the graph from ``graph`` and ``snn_state`` alone: it imports no
+code named in the file and re-runs no conversion. The ANN reference (``snn.ann``) is the
+same graph with the activations put back (:func:`ann2snn.snn_graph.ann_view`), which
+computes the ANN's function because normalization keeps every tensor in ANN units.
+
+Version 1 files (written before, or when a graph holds a module outside the closed set)
+hold ``ann_source`` instead of ``graph``: how to rebuild the ANN (bundled-model name +
+kwargs + ``state_dict``, the ONNX bytes, or for the code-bearing kinds ``factory`` /
+``export`` / ``pickle`` the factory path or file bytes, used only with
+``trust_checkpoint=True``). They load as before: the ANN is rebuilt and the
+deterministic conversion passes re-run on the probe batch, then ``snn_state`` is loaded
+over the result.
 """
 
 from __future__ import annotations
@@ -30,11 +39,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ann2snn.config import ConversionConfig
 from ann2snn.errors import UntrustedFileError
 from ann2snn.frontends.checkpoint import sniff
-from ann2snn.frontends.sources import model_from_source, pickled_source, source_of
+from ann2snn.frontends.sources import (
+    describe_source,
+    model_from_source,
+    pickled_source,
+    source_of,
+)
+from ann2snn.input_checks import float_dtype
+from ann2snn.snn_graph import UnsupportedGraphError, ann_view, build_graph, describe_graph
 
 __all__ = [
     "SNN_FORMAT",
@@ -50,7 +67,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: Value of the ``format`` key of every SNN file.
 SNN_FORMAT = "ann2snn.snn"
 #: Version of the SNN file layout; bumped when the layout changes incompatibly.
-SNN_FORMAT_VERSION = 1
+SNN_FORMAT_VERSION = 2
+#: The version of files that rebuild their ANN from its source (written before version 2,
+#: and still when a graph holds a module outside the closed set of ``ann2snn.snn_graph``).
+SOURCE_FORMAT_VERSION = 1
 
 
 def _probe_input(shape: Sequence[int]) -> torch.Tensor:
@@ -83,6 +103,26 @@ def _options_of(snn: Any) -> Dict[str, Any]:
     return options
 
 
+def _stored_output(value: Any) -> Any:
+    return value.detach().cpu().float() if isinstance(value, torch.Tensor) else value
+
+
+def _same_outputs(out: Any, recorded: Any) -> bool:
+    """Whether the rebuilt ANN's output (a tensor, or a tuple/dict of them) is the one the
+    file recorded."""
+    got, want = tree_leaves(out), tree_leaves(recorded)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+            return False
+        if not isinstance(a, torch.Tensor):
+            continue
+        if a.shape != b.shape or not torch.allclose(a.float(), b, rtol=1e-4, atol=1e-4):
+            return False
+    return True
+
+
 def save_snn(
     snn: Any,
     path: PathLike,
@@ -90,31 +130,63 @@ def save_snn(
     source: Optional[Mapping[str, Any]] = None,
     provenance: Optional[Mapping[str, Any]] = None,
     overwrite: bool = True,
+    format_version: int = SNN_FORMAT_VERSION,
 ) -> None:
     """Write a converted SNN to ``path`` atomically (temporary file + rename).
 
     Args:
         snn: a :class:`~ann2snn.runtime.spiking_model.SpikingModel` from :func:`ann2snn.convert`.
         path: the output file (conventionally ``.pt``).
-        source: how to rebuild the ANN (``LoadedModel.source``); by default the source
-            :func:`ann2snn.load_model` attached to the ANN, else the ANN is stored pickled (and
-            loading the file then needs ``trust_checkpoint=True``).
+        source: what the ANN was (``LoadedModel.source``; by default the source
+            :func:`ann2snn.load_model` attached to the ANN). Only its one-line description
+            is stored; it is needed whole only when the graph cannot be described (then
+            the file rebuilds the ANN from it, as version 1 files do, and a pickled ANN
+            needs ``trust_checkpoint=True`` to load).
         provenance: free-form strings recorded in the file (input file, calibration data).
         overwrite: replace an existing file.
+        format_version: 2 (default) writes the graph itself; 1 writes the ANN's source
+            instead, as ann2snn versions before format 2 did (for readers of that age).
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
         ValueError: ``snn`` was not made by :func:`ann2snn.convert`.
     """
-    from ann2snn.analysis.evaluate import write_atomic
-
     path = pathlib.Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
-    if snn.ann is None:
-        raise ValueError("the SpikingModel has no ANN (snn.ann); save_snn needs it to rebuild")
+    if format_version not in (SOURCE_FORMAT_VERSION, SNN_FORMAT_VERSION):
+        raise ValueError(f"format_version must be 1 or 2, got {format_version!r}")
     options = _options_of(snn)
-    src = dict(source) if source is not None else source_of(snn.ann)
+    graph = None
+    try:
+        if format_version == SNN_FORMAT_VERSION:
+            graph, graph_tensors = describe_graph(snn.graph_module)
+    except UnsupportedGraphError as exc:
+        warnings.warn(
+            f"the converted graph holds {exc}, which SNN files cannot describe; the file "
+            "rebuilds its ANN from the source instead (format version 1)",
+            stacklevel=2,
+        )
+    if snn.ann is None and graph is None:
+        raise ValueError("the SpikingModel has no ANN (snn.ann); save_snn needs it to rebuild")
+    src = dict(source) if source is not None else (source_of(snn.ann) if snn.ann else None)
+    if graph is not None:
+        _write_payload(
+            path,
+            {
+                "format": SNN_FORMAT,
+                "version": SNN_FORMAT_VERSION,
+                "graph": graph,
+                "snn_state": {f"graph_module.{k}": v for k, v in graph_tensors.items()},
+                "ann_description": (
+                    describe_source(src)
+                    if src
+                    else snn.meta.get("ann_description", "ANN: a Python module")
+                ),
+                **_common_entries(snn, options, provenance),
+            },
+        )
+        return
     if src is None:
         warnings.warn(
             "the ANN was not read with ann2snn.snn_file.load_model, so it is saved pickled; "
@@ -125,23 +197,39 @@ def save_snn(
     state = {
         k: v.detach().cpu().clone() for k, v in snn.state_dict().items() if not k.startswith("ann.")
     }
-    probe = _probe_input(options["input_shape"])
-    device = next((t.device for t in snn.ann.state_dict().values()), torch.device("cpu"))
-    with torch.no_grad():
-        ann_out = snn.ann(probe.to(device))
     payload = {
         "format": SNN_FORMAT,
-        "version": SNN_FORMAT_VERSION,
+        "version": SOURCE_FORMAT_VERSION,
+        "ann_source": src,
+        "snn_state": state,
+        **_common_entries(snn, options, provenance),
+    }
+    _write_payload(path, payload)
+
+
+def _common_entries(
+    snn: Any, options: Dict[str, Any], provenance: Optional[Mapping[str, Any]]
+) -> Dict[str, Any]:
+    """The entries every SNN file holds: options, meta, the probe and where it came from."""
+    probe = _probe_input(options["input_shape"])
+    ann = snn.ann if snn.ann is not None else ann_view(snn.graph_module)
+    device = next((t.device for t in ann.state_dict().values()), torch.device("cpu"))
+    with torch.no_grad():
+        ann_out = ann(probe.to(device))
+    return {
         "ann2snn_version": _version(),
         "torch_version": str(torch.__version__),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "ann_source": src,
         "options": options,
         "meta": _jsonable(snn.meta),
-        "snn_state": state,
-        "probe": {"input": probe, "ann_output": ann_out.detach().cpu().float()},
+        "probe": {"input": probe, "ann_output": tree_map(_stored_output, ann_out)},
         "provenance": _jsonable(dict(provenance or {})),
     }
+
+
+def _write_payload(path: pathlib.Path, payload: Dict[str, Any]) -> None:
+    from ann2snn.analysis.evaluate import write_atomic
+
     payload["checksum"] = _checksum(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -349,16 +437,16 @@ def load_snn(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
         UntrustedFileError: the ANN source runs code and the file is not trusted.
         ValueError: not an SNN file, or its contents do not fit this ann2snn version.
     """
+    data = read_snn_header(path)
+    if "graph" in data:
+        return _load_described(path, data)
     from ann2snn.api import convert
 
-    data = read_snn_header(path)
     ann = model_from_source(data["ann_source"], trust_checkpoint=trust_checkpoint)
     probe = data["probe"]
     with torch.no_grad():
-        out = ann(probe["input"])
-    if out.shape != probe["ann_output"].shape or not torch.allclose(
-        out.float(), probe["ann_output"], rtol=1e-4, atol=1e-4
-    ):
+        out = ann(probe["input"].to(float_dtype(ann)))
+    if not _same_outputs(out, probe["ann_output"]):
         raise ValueError(
             f"{path}: the rebuilt ANN does not reproduce the output recorded when the file was "
             "written (different model code or weights); the file cannot be loaded faithfully"
@@ -379,3 +467,52 @@ def load_snn(path: PathLike, *, trust_checkpoint: bool = False) -> Any:
     snn.meta["provenance"] = data.get("provenance", {})
     snn.meta["file"] = str(path)
     return snn
+
+
+def _load_described(path: PathLike, data: Mapping[str, Any]) -> Any:
+    """Rebuild a version 2 file's SNN from its graph description and tensors alone."""
+    from ann2snn.runtime.spiking_model import SpikingModel
+
+    prefix = "graph_module."
+    state = data["snn_state"]
+    stray = sorted(k for k in state if not k.startswith(prefix))
+    if stray:
+        raise ValueError(f"{path}: snn_state entries {stray[:6]} fit no part of the graph")
+    try:
+        gm = build_graph(data["graph"], {k[len(prefix) :]: v for k, v in state.items()})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: its graph description cannot be rebuilt by this ann2snn version "
+            f"(written by ann2snn {data.get('ann2snn_version')}): {exc}"
+        ) from exc
+    ann = ann_view(gm)
+    probe = data["probe"]
+    with torch.no_grad():
+        out = ann(probe["input"])
+    if not _close_outputs(out, probe["ann_output"]):
+        raise ValueError(
+            f"{path}: the rebuilt graph does not reproduce the output recorded for its ANN "
+            "when the file was written; the file cannot be loaded faithfully"
+        )
+    snn = SpikingModel(gm, ann=ann, meta=dict(data.get("meta", {})))
+    snn.meta["ann_description"] = data.get("ann_description")
+    snn.meta["provenance"] = data.get("provenance", {})
+    snn.meta["file"] = str(path)
+    return snn.eval()
+
+
+def _close_outputs(out: Any, recorded: Any) -> bool:
+    """Outputs equal up to the float rounding of folded weights (1e-3 of the largest)."""
+    got, want = tree_leaves(out), tree_leaves(recorded)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            if a != b:
+                return False
+            continue
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        tol = 1e-3 * max(scale, 1.0)
+        if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=0, atol=tol):
+            return False
+    return True

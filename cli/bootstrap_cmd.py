@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         source = opened.loaded.source
     else:
         snn = opened.snn
-        source = snn_io.read_snn_header(args.model)["ann_source"]
+        source = snn_io.read_snn_header(args.model).get("ann_source")  # version 1 files
     print(f"conversion: {format_options(snn.meta)}")
     print(f"training data: {train.description}")
     if evaluation is not None:

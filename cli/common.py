@@ -425,7 +425,8 @@ def open_model(args: argparse.Namespace, path: str) -> Opened:
         snn = snn.to(args.device)
         hints = _hints_from_module(snn.ann, snn.meta.get("input_shape"))
         hints.dataset = header.get("provenance", {}).get("dataset")
-        desc = f"SNN file {path} ({describe_source(header['ann_source'])})"
+        ann = header.get("ann_description") or describe_source(header["ann_source"])
+        desc = f"SNN file {path} ({ann})"
         return Opened(snn=snn, hints=hints, description=desc)
     loaded = load_model(
         path,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,12 @@ def rule_for(gm: fx.GraphModule, node: fx.Node) -> Optional[OpRule]:
     if key not in _RULES:
         _register_optional_torchvision()
     return _RULES.get(key)
+
+
+def registered_targets(op: str) -> List[Any]:
+    """Every target registered for ``op`` ('call_module', 'call_function', 'call_method')."""
+    _register_optional_torchvision()
+    return [target for (kind, target) in _RULES if kind == op]
 
 
 def kind_of(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:

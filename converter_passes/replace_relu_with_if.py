@@ -22,5 +22,7 @@ def replace_relu_with_if(gm: fx.GraphModule, v_init: float = 0.5) -> fx.GraphMod
         neuron = IFNeuron(threshold, v_init=v_init)
         if act.scale is not None:
             neuron.scale = act.scale.clone().reshape(-1)
+        if act.clip is not None:
+            neuron.clip = act.clip.clone()
         replace_submodule(gm, str(node.target), neuron)
     return finish(gm)

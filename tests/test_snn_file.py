@@ -67,13 +67,16 @@ def test_save_load_roundtrip_is_exact_and_weights_only(tmp_path, trained, images
     path = tmp_path / "snn.pt"
     snn_io.save_snn(snn, path, provenance={"input": MODEL})
     raw = torch.load(path, weights_only=True)  # no pickled classes in the file
-    assert raw["format"] == snn_io.SNN_FORMAT and raw["ann_source"]["kind"] == "registry"
+    assert raw["format"] == snn_io.SNN_FORMAT and raw["version"] == 2 and "graph" in raw
+    assert "ann_source" not in raw and raw["ann_description"].startswith("ANN: bundled")
     assert raw["options"]["channelwise"] is True
     assert not any(k.startswith("ann.") for k in raw["snn_state"])
 
     again = snn_io.load_snn(path)
     assert torch.equal(again(test, timesteps=24), snn(test, timesteps=24))
-    assert torch.equal(again.ann(test), trained(test))
+    # The ANN reference is the graph with its activations put back: the ANN's function,
+    # up to the rounding of the folded weights.
+    torch.testing.assert_close(again.ann(test), trained(test), rtol=0, atol=1e-4)
     for (name_a, a), (name_b, b) in zip(snn.neurons(), again.neurons()):
         assert name_a == name_b and torch.equal(a.threshold, b.threshold)
         assert a.v_init == b.v_init
@@ -105,13 +108,18 @@ def test_save_refuses_to_overwrite_when_asked(tmp_path, images) -> None:
 def test_tampered_file_is_detected(tmp_path, images) -> None:
     snn = ann2snn.convert(load_model(MODEL).module, calib_data=[images[0]])
     path = tmp_path / "snn.pt"
-    snn_io.save_snn(snn, path)
-    data = torch.load(path, weights_only=True)
-    data["ann_source"]["state_dict"]["12.weight"].mul_(2)
-    del data["checksum"]  # as in a file written before checksums: the probe still guards
-    torch.save(data, path)
-    with pytest.raises(ValueError, match="does not reproduce the output"):
-        snn_io.load_snn(path)
+    for version, weight in ((1, ("ann_source", "state_dict", "12.weight")), (2, None)):
+        snn_io.save_snn(snn, path, format_version=version)
+        data = torch.load(path, weights_only=True)
+        if weight:
+            data[weight[0]][weight[1]][weight[2]].mul_(2)
+        else:  # the last layer of the spiking graph
+            name = [k for k in data["snn_state"] if k.endswith(".weight")][-1]
+            data["snn_state"][name].mul_(2)
+        del data["checksum"]  # as in a file written before checksums: the probe still guards
+        torch.save(data, path)
+        with pytest.raises(ValueError, match="does not reproduce the output"):
+            snn_io.load_snn(path)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +271,11 @@ def test_pickled_module_needs_trust(tmp_path, trained, images) -> None:
     loaded = load_model(tmp_path / "whole.pt", trust_checkpoint=True)
     assert torch.equal(loaded.module(images[1]), trained(images[1]))
     snn = ann2snn.convert(loaded.module, calib_data=[images[0]])
+    # A version 2 file holds the graph, not the pickled ANN: it loads without trust.
     snn_io.save_snn(snn, tmp_path / "snn.pt")
+    assert torch.equal(snn_io.load_snn(tmp_path / "snn.pt")(images[1], 8), snn(images[1], 8))
+    # A version 1 file rebuilds its ANN by unpickling it: only when trusted.
+    snn_io.save_snn(snn, tmp_path / "snn.pt", format_version=1)
     torch.load(tmp_path / "snn.pt", weights_only=True)  # the file itself stays safe to read
     with pytest.raises(snn_io.UntrustedFileError, match="pickled"):
         snn_io.load_snn(tmp_path / "snn.pt")
@@ -297,6 +309,8 @@ def test_factory_architecture_from_the_working_directory(tmp_path, monkeypatch, 
     assert torch.equal(loaded.module(images[1]), net(images[1]))
     snn = ann2snn.convert(loaded.module, calib_data=[images[0]])
     snn_io.save_snn(snn, tmp_path / "snn.pt")
+    assert torch.equal(snn_io.load_snn(tmp_path / "snn.pt")(images[1], 8), snn(images[1], 8))
+    snn_io.save_snn(snn, tmp_path / "snn.pt", format_version=1)
     # Rebuilding imports and calls code named in the file: only when trusted.
     with pytest.raises(snn_io.UntrustedFileError, match="mynets:tiny"):
         snn_io.load_snn(tmp_path / "snn.pt")

@@ -93,6 +93,10 @@ class IFNeuron(nn.Module):
         self.v_init = float(v_init)
         self.register_buffer("v_init_channels", None)  # per-channel fractions, or None
         self.register_buffer("scale", None)  # normalization scale in ANN units (diagnostics)
+        # The clip of the activation this neuron replaced (ANN units; None for a plain
+        # ReLU). The simulation does not read it; the ANN view of the graph
+        # (ann2snn.snn_graph.ann_view) puts the activation back with it.
+        self.register_buffer("clip", None)
         self.steps = 1
         self.static_input = False  # input is the same every step: [B, ...] instead of [T*B, ...]
         self.v: Optional[torch.Tensor] = None
