@@ -189,7 +189,7 @@ def save_snn(
         return
     if src is None:
         warnings.warn(
-            "the ANN was not read with ann2snn.snn_file.load_model, so it is saved pickled; "
+            "the ANN was not read with ann2snn.load_model, so it is saved pickled; "
             "loading the file will need trust_checkpoint=True",
             stacklevel=2,
         )
