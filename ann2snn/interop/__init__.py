@@ -1,0 +1,43 @@
+"""Interoperability with other SNN tools through NIR (docs/interop.md).
+
+* :func:`to_nir` / :func:`write_nir`: a converted SNN as a NIR graph (``nir`` package);
+* :func:`from_nir`: a NIR graph (a file, or a ``nir.NIRGraph``) run with ann2snn's kernels;
+* ``load_norse``, ``load_sinabs``, ``load_snntorch``: an exported file loaded into those
+  simulators with ann2snn's semantics put back (:mod:`ann2snn.interop.readers`).
+
+The names are imported on first use, so ``import ann2snn.interop`` needs none of the
+optional packages.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, List
+
+_EXPORTS = {
+    "GRAPH_METADATA_KEYS": "ann2snn.interop.nir_export",
+    "IF_METADATA": "ann2snn.interop.nir_export",
+    "NIRExportError": "ann2snn.interop.nir_export",
+    "NIRImportError": "ann2snn.interop.nir_import",
+    "from_nir": "ann2snn.interop.nir_import",
+    "load_norse": "ann2snn.interop.readers",
+    "load_sinabs": "ann2snn.interop.readers",
+    "load_snntorch": "ann2snn.interop.readers",
+    "to_nir": "ann2snn.interop.nir_export",
+    "write_nir": "ann2snn.interop.nir_export",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ann2snn.interop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
