@@ -64,6 +64,7 @@ def trace(
     """
     if isinstance(model, fx.GraphModule):
         return model
+    _import_what_tracing_imports()
     tracer = SNNTracer(leaf_modules)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -74,6 +75,23 @@ def trace(
     _default_concrete_args(model, graph, concrete_args)
     name = type(model).__name__
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def _import_what_tracing_imports() -> None:
+    """Import, from Python, what fx imports lazily when it records stack traces.
+
+    The first node fx records filters its stack through
+    ``torch.fx.experimental.symbolic_shapes.uninteresting_files``, which imports
+    ``torch._dynamo``, ``torch._inductor`` and ``torch.export`` (about a second, once per
+    process). Part of that runs under a C++ call that swallows a KeyboardInterrupt and
+    leaves a half-imported module behind, so Ctrl-C was lost or came back later as an
+    ``AttributeError``. Done here first, the imports let Ctrl-C through.
+    """
+    try:
+        from torch.fx.experimental.symbolic_shapes import uninteresting_files
+    except ImportError:  # another torch version: nothing to prepare
+        return
+    uninteresting_files()
 
 
 def _default_concrete_args(

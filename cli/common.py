@@ -6,6 +6,7 @@ import argparse
 import os
 import pathlib
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -335,8 +336,48 @@ def parse_timesteps(text: str) -> List[int]:
     return sorted(set(values))
 
 
+def _cannot_create_in(folder: str) -> Optional[str]:
+    """Why no file can be created in ``folder`` (None if one can): outputs are written
+    through a temporary file there and a rename, so this is what writing needs. Tried
+    with a real file, as permission bits do not tell (root, read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".ann2snn-probe-"):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` that is not a device, or a GPU that is not there.
+
+    Raises:
+        CLIError: naming the value and what to use instead.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(
+            f"--device {device}: not a device; use cpu, cuda or cuda:N (the N-th GPU)"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(
+                f"--device {device}: no CUDA GPU is available (torch.cuda.is_available() "
+                "is False); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise CLIError(
+                f"--device {device}: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {device}: no MPS device is available; use --device cpu")
+
+
 def check_outputs(outputs: Sequence[Optional[str]], force: bool, inputs: Sequence[str]) -> None:
-    """Refuse outputs that exist (without --force), overwrite an input, or lack a folder.
+    """Refuse outputs that exist (without --force), overwrite an input, or lack a folder
+    that exists and can be written to.
 
     Raises:
         CLIError: naming the path and the fix.
@@ -356,6 +397,12 @@ def check_outputs(outputs: Sequence[Optional[str]], force: bool, inputs: Sequenc
         parent = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(parent):
             raise CLIError(f"cannot write {out}: the folder {parent} does not exist")
+        problem = _cannot_create_in(parent)
+        if problem:
+            raise CLIError(
+                f"cannot write {out}: the folder {parent} is not writable ({problem}). "
+                "Choose an output path in a folder you can write to."
+            )
         if os.path.exists(out) and not force:
             raise CLIError(
                 f"the output {out} already exists; pass --force to replace it, or choose "

@@ -8,18 +8,26 @@ entry there.
 Exit status: 0 on success, 2 for problems with the command line or its inputs (the
 message says what is wrong and how to fix it; ``--debug`` adds the traceback), 1 for
 unexpected internal errors, 130 when interrupted.
+
+Ctrl-C prints one line and exits 130 wherever it lands. This module imports nothing heavy
+at import time (neither does ``ann2snn/__init__.py``): torch and the subcommands are
+imported inside :func:`main`, where an interrupt is handled. An interrupt that a library
+turns into another error (torch's lazy imports leave a half-initialized module behind,
+and the next import of it fails) is still reported as the interrupt: :func:`main`
+records every SIGINT it receives.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable, Dict, List, Optional, Sequence
-
-from ann2snn.cli import bootstrap_cmd, convert_cmd, demo_cmd, eval_cmd, info_cmd
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
 
@@ -43,14 +51,35 @@ class Subcommand:
         )
 
 
-#: Subcommand name -> :class:`Subcommand`, in the order ``ann2snn --help`` lists them.
-SUBCOMMANDS: Dict[str, Subcommand] = {
-    "convert": Subcommand.from_module(convert_cmd),
-    "eval": Subcommand.from_module(eval_cmd),
-    "info": Subcommand.from_module(info_cmd),
-    "demo": Subcommand.from_module(demo_cmd),
-    "bootstrap": Subcommand.from_module(bootstrap_cmd),
+#: Subcommand name -> its module in ``ann2snn.cli``, in the order ``ann2snn --help`` lists
+#: them. ``SUBCOMMANDS`` (name -> :class:`Subcommand`) imports them on first use.
+_SUBCOMMAND_MODULES: Dict[str, str] = {
+    "convert": "convert_cmd",
+    "eval": "eval_cmd",
+    "info": "info_cmd",
+    "demo": "demo_cmd",
+    "bootstrap": "bootstrap_cmd",
 }
+_subcommands: Optional[Dict[str, Subcommand]] = None
+SUBCOMMANDS: Dict[str, Subcommand]  # provided by the module's __getattr__ (imports on use)
+
+
+def subcommands() -> Dict[str, Subcommand]:
+    """Subcommand name -> :class:`Subcommand` (imports the subcommand modules once)."""
+    global _subcommands
+    if _subcommands is None:
+        _subcommands = {
+            name: Subcommand.from_module(importlib.import_module(f"ann2snn.cli.{module}"))
+            for name, module in _SUBCOMMAND_MODULES.items()
+        }
+    return _subcommands
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SUBCOMMANDS":
+        return subcommands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DESCRIPTION = """\
 ann2snn converts trained ReLU networks (PyTorch or ONNX) into spiking neural networks of
@@ -89,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full Python traceback when something fails"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, sub in SUBCOMMANDS.items():
+    for name, sub in subcommands().items():
         p = subparsers.add_parser(
             name,
             help=sub.summary,
@@ -117,6 +146,57 @@ def _one_paragraph(exc: BaseException) -> str:
     return text
 
 
+class _Interrupts:
+    """SIGINT while :func:`main` runs: raise KeyboardInterrupt (as Python's own handler
+    does), remember it, and raise it again every second until :func:`main` handles it.
+
+    A library can swallow a KeyboardInterrupt: torch calls Python from C++ while it
+    records stack traces and drops the exception, leaving a half-imported module. The
+    memory lets :func:`main` report a later error caused by that as the interrupt; the
+    repetition stops a command that would otherwise go on as if Ctrl-C had not been
+    pressed.
+    """
+
+    REPEAT_S = 1.0
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.handled = threading.Event()
+        self.previous: Any = None
+        self.installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self.seen:
+            self.seen = True
+            threading.Thread(target=self._repeat, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _repeat(self) -> None:
+        while not self.handled.wait(self.REPEAT_S):
+            signal.raise_signal(signal.SIGINT)
+
+    def handle(self) -> int:
+        """Stop listening to SIGINT and report the interrupt: exit status 130."""
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a repeat in flight is dropped
+        self.handled.set()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+    def __enter__(self) -> _Interrupts:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.installed = True
+        except ValueError:  # not the main thread: Python's handler stays
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handled.set()
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``ann2snn`` command line.
 
@@ -124,10 +204,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv: arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 success, 2 a problem with the inputs, 1 an internal error.
+        The exit status: 0 success, 2 a problem with the inputs, 1 an internal error,
+        130 interrupted (Ctrl-C).
     """
+    with _Interrupts() as interrupts:
+        try:
+            return _main(argv, interrupts)
+        except KeyboardInterrupt:
+            return interrupts.handle()
+
+
+def _main(argv: Optional[Sequence[str]], interrupts: _Interrupts) -> int:
     args_list: List[str] = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser()  # imports torch and the subcommands
     try:
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse exits on --help, --version and usage errors
@@ -137,28 +226,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     debug = bool(getattr(args, "debug", False))
     try:
+        _check_device(args)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except _user_errors() as exc:
-        if debug:
-            traceback.print_exc()
+        return interrupts.handle()
+    except Exception as exc:
+        if interrupts.seen:  # e.g. an import that Ctrl-C left half-done, failing later
+            return interrupts.handle()
+        return _report(args, exc, debug)
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse a ``--device`` that is not there before any work (CLIError)."""
+    if getattr(args, "device", None) is not None:
+        from ann2snn.cli.common import check_device
+
+        check_device(args.device)
+
+
+def _report(args: argparse.Namespace, exc: Exception, debug: bool) -> int:
+    """Print ``exc`` as one paragraph; 2 for the user's mistakes, 1 for ours."""
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    if isinstance(exc, _user_errors()):
         print(f"{PROG} {args.command}: error: {_one_paragraph(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a bug: say so, and how to see more
-        if debug:
-            traceback.print_exc()
-        print(
-            f"{PROG} {args.command}: internal error: {type(exc).__name__}: {_one_paragraph(exc)}"
-            + (
-                ""
-                if debug
-                else "\n(run again with --debug to see the traceback, and please report it)"
-            ),
-            file=sys.stderr,
-        )
-        return 1
+    # A bug: say so, and how to see more.
+    print(
+        f"{PROG} {args.command}: internal error: {type(exc).__name__}: {_one_paragraph(exc)}"
+        + (
+            "" if debug else "\n(run again with --debug to see the traceback, and please report it)"
+        ),
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

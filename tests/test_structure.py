@@ -112,3 +112,20 @@ def test_cli_uses_only_the_public_api() -> None:
                 if module.startswith("ann2snn.converter_passes"):
                     bad.append(f"{path.name}:{node.lineno} {module}")
     assert not bad, bad
+
+
+def test_import_is_light_and_every_public_name_resolves():
+    """``import ann2snn`` and the CLI module import no torch (the ``ann2snn`` command
+    imports it inside main(), where Ctrl-C is handled); every public name resolves, and
+    ``__all__`` lists exactly the lazily imported names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ann2snn, ann2snn.cli.main; print('torch' in sys.modules); "
+        "[getattr(ann2snn, n) for n in ann2snn.__all__]; "
+        "print(sorted(ann2snn.__all__) == sorted([*ann2snn._EXPORTS, '__version__']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]

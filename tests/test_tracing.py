@@ -56,3 +56,58 @@ def test_failing_submodule_walks_the_traceback():
         trace(net)
     name, module = failing_submodule(net, err.value.__cause__)
     assert name == "body.1" and module is net.body[1]
+
+
+def test_ctrl_c_in_a_lazy_torch_import_reaches_the_caller() -> None:
+    """fx imports torch._dynamo / torch._inductor lazily on the first traced node, partly
+    under a C++ call that swallowed KeyboardInterrupt (the trace then went on, leaving a
+    half-imported module). A real SIGINT the moment torch._dynamo.utils starts to import
+    must come out of convert as KeyboardInterrupt. In a subprocess: it breaks torch's
+    imports for the rest of the process."""
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys
+import torch
+from torch import nn
+import ann2snn
+
+class SigintAt:
+    fired = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torch._dynamo.utils" and not self.fired:
+            SigintAt.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, SigintAt())
+model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+try:
+    ann2snn.convert(model, "max", [torch.rand(8, 4)], potential_calibration=False)
+    print("converted", SigintAt.fired)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+except BaseException as exc:
+    print("other", type(exc).__name__, exc)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    if result.stdout.strip() == "converted False":
+        pytest.skip("torch._dynamo.utils is imported before tracing with this torch version")
+    assert result.stdout.strip() == "KeyboardInterrupt", (result.stdout, result.stderr)
+
+
+def test_an_error_that_a_ctrl_c_caused_is_not_a_model_error() -> None:
+    class SwallowsInterrupt(nn.Module):
+        def forward(self, x):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("a library turned Ctrl-C into this") from None
+
+    with pytest.raises(RuntimeError, match="a library turned Ctrl-C") as info:
+        trace(SwallowsInterrupt())
+    assert not isinstance(info.value, ann2snn.ConversionError)
