@@ -31,6 +31,7 @@ _EXPORTS = {
     "bootstrap": "ann2snn.training.bootstrap",
     "convert": "ann2snn.api",
     "evaluate": "ann2snn.analysis.evaluate",
+    "from_nir": "ann2snn.interop.nir_import",
     "layer_report": "ann2snn.analysis.diagnostics",
     "load_model": "ann2snn.frontends.checkpoint",
     "load_snn": "ann2snn.snn_file",
@@ -53,6 +54,7 @@ __all__ = [
     "bootstrap",
     "convert",
     "evaluate",
+    "from_nir",
     "layer_report",
     "load_model",
     "load_snn",
@@ -87,6 +89,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         UntrustedFileError,
     )
     from ann2snn.frontends.checkpoint import LoadedModel, load_model
+    from ann2snn.interop.nir_import import from_nir
     from ann2snn.modes import parse_mode
     from ann2snn.runtime.neuron import Activation, IFNeuron
     from ann2snn.runtime.spiking_model import SpikingModel

@@ -59,6 +59,7 @@ _SUBCOMMAND_MODULES: Dict[str, str] = {
     "info": "info_cmd",
     "demo": "demo_cmd",
     "bootstrap": "bootstrap_cmd",
+    "export": "export_cmd",
 }
 _subcommands: Optional[Dict[str, Subcommand]] = None
 SUBCOMMANDS: Dict[str, Subcommand]  # provided by the module's __getattr__ (imports on use)

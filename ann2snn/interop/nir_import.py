@@ -13,6 +13,7 @@ and a strict ``>``); such a graph is run with ann2snn's semantics and a warning 
 
 from __future__ import annotations
 
+import keyword
 import operator
 import warnings
 from collections import defaultdict, deque
@@ -96,7 +97,7 @@ def from_nir(source: Any) -> SpikingModel:
 
     def attr_name(name: str) -> str:
         safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "node"
-        return safe if not safe[0].isdigit() else f"n_{safe}"
+        return f"n_{safe}" if safe[0].isdigit() or keyword.iskeyword(safe) else safe
 
     for name in _order(nodes, edges):
         node = nodes[name]

@@ -163,6 +163,12 @@ class SpikingModel(nn.Module):
         averaged = [t / timesteps if isinstance(t, torch.Tensor) else t for t in totals]
         return tree_unflatten(averaged, spec)
 
+    def to_nir(self, timesteps: int = 32) -> Any:
+        """This SNN as a ``nir.NIRGraph`` (:func:`ann2snn.interop.to_nir`; docs/interop.md)."""
+        from ann2snn.interop.nir_export import to_nir
+
+        return to_nir(self, timesteps=timesteps)
+
     def extra_repr(self) -> str:
         return f"neuron_layers={len(self.neurons())}, mode={self.meta.get('mode')!r}"
 
