@@ -538,14 +538,20 @@ def to_device(loader: Any, device: str) -> Any:
     return _to_device(loader, device)
 
 
-def check_runs(model: nn.Module, data: DataSource, device: str) -> None:
+def check_runs(
+    model: nn.Module, data: DataSource, device: str, input_rank: Optional[int] = None
+) -> None:
     """Run the ANN on two examples; a failure means the data does not fit the model.
+    Examples with one more dimension than ``input_rank`` (the model's batched input rank)
+    are sequences ``[T, ...]``; the ANN sees their mean frame.
 
     Raises:
         CLIError: with the data's shape and the model's complaint.
     """
     x, _ = next(iter(data.loader))
     x = x[:2].to(device)
+    if input_rank is not None and x.dim() == input_rank + 1:
+        x = x.mean(1)
     try:
         with torch.no_grad():
             model(x)

@@ -26,6 +26,7 @@ from ann2snn.cli.common import (
 )
 from ann2snn.cli.data_sources import open_data
 from ann2snn.distributed import is_main
+from ann2snn.runtime.encoding import ENCODINGS
 
 SUMMARY = "measure SNN accuracy for each number of time steps T"
 DESCRIPTION = """\
@@ -61,6 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="1,2,4,...,256",
         metavar="LIST",
         help="time steps to report, e.g. 1,2,4,...,256 (the default), 8,16,32 or 64",
+    )
+    parser.add_argument(
+        "--encoding",
+        choices=sorted(ENCODINGS),
+        default="current",
+        help="how the input enters the SNN: a constant current (the default), or Poisson / "
+        "Bernoulli rate-coded spikes (signed; see docs/accuracy.md)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of a random --encoding (batch i uses seed + i; default: %(default)s)",
     )
     out = parser.add_argument_group("outputs")
     out.add_argument("--csv", metavar="FILE", help="write the table as CSV")
@@ -104,14 +118,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         snn = opened.snn
         if snn.ann is not None:
-            check_runs(snn.ann, data, args.device)
+            check_runs(snn.ann, data, args.device, len(snn.meta.get("input_shape", ())) + 1)
     print(f"conversion: {format_options(snn.meta)}")
     print(f"evaluation data: {data.description}{'' if args.data else ' (from the model file)'}")
+    if args.encoding != "current":
+        print(f"input encoding: {args.encoding} (seed {args.seed})")
     curve = ann2snn.evaluate(
         snn,
         to_device(data.loader, args.device),
         timesteps=timesteps,
         progress=not args.no_progress,
+        encoding=args.encoding,
+        seed=args.seed,
     )
     if distributed and not is_main():
         return 0  # every rank has the same curve; rank 0 prints and writes it

@@ -202,6 +202,9 @@ def evaluate(
     ann: Optional[nn.Module] = None,
     max_batches: Optional[int] = None,
     progress: bool = False,
+    encoding: Optional[str] = None,
+    seed: Optional[int] = None,
+    time_major: bool = False,
     **convert_kwargs: Any,
 ) -> AccuracyCurve:
     """Accuracy at every requested T from ONE simulation to the largest T per batch.
@@ -213,6 +216,14 @@ def evaluate(
         timesteps: the T values to report.
         ann: the ANN for reference (default: the SNN's own copy of its ANN).
         max_batches: evaluate only this many batches.
+        encoding: how static inputs enter the SNN: ``"current"`` (default), ``"poisson"``
+            or ``"bernoulli"`` (:mod:`ann2snn.runtime.encoding`).
+        seed: seed of a random encoding; batch ``i`` uses ``seed + i`` (reproducible runs).
+        time_major: for inputs that change over time (one more dimension than the
+            model's input), whether batches are ``[T, B, ...]``; by default they are
+            ``[B, T, ...]``, as a DataLoader stacks sequences. The SNN gets one frame per
+            step (the largest requested T must not exceed the sequence length); the ANN
+            reference sees the mean frame.
 
     Returns:
         An :class:`AccuracyCurve`.
@@ -249,11 +260,15 @@ def evaluate(
                 break
             x = batch_input(batch).to(device)
             y = _labels(batch).to(device)
-            ref = logits_of(ann(x)) if ann is not None else None
+            if model.is_sequence(x) and not time_major:
+                x = x.transpose(0, 1)  # [B, T, ...] -> [T, B, ...]
+            static = x.mean(0) if model.is_sequence(x) else x
+            ref = logits_of(ann(static)) if ann is not None else None
             if ref is not None:
                 ann_correct += int((ref.argmax(1) == y).sum())
                 ann_norm += float(ref.abs().mean(dim=tuple(range(1, ref.dim()))).sum())
-            for t, out in model.cumulative_outputs(x, ts):
+            batch_seed = None if seed is None else int(seed) + i
+            for t, out in model.cumulative_outputs(x, ts, encoding=encoding, seed=batch_seed):
                 cum = logits_of(out)
                 correct[t] += int((cum.argmax(1) == y).sum())
                 if ref is not None:
@@ -281,4 +296,7 @@ def evaluate(
         samples=total,
         meta=dict(model.meta),
     )
+    if encoding not in (None, "current"):
+        curve.meta["input_encoding"] = encoding
+        curve.meta["encoding_seed"] = seed
     return curve
