@@ -7,6 +7,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for the module (small models run faster so on a shared 2-core
+    machine); modules opt in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def fmnist_train():
     from ann2snn.data.datasets import load_dataset

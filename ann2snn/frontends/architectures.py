@@ -156,30 +156,25 @@ def _load_weights(model: nn.Module, state: Mapping[str, Any], arch: str, where: 
     model.load_state_dict(cast)
 
 
-def from_registry(name: str, kwargs: Dict[str, Any], state: Mapping[str, Any], where: str):
-    model = build_arch(name, kwargs)
-    _load_weights(model, state, name, where)
-    model = model.float().eval()
-    source = {
-        "kind": "registry",
-        "arch": name,
-        "kwargs": kwargs,
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-    }
-    return model, source
-
-
-def from_arch(arch: str, kwargs_in: Any, state: Mapping[str, Any], where: str):
-    kwargs = parse_kwargs(kwargs_in)
-    if arch in registry():
-        return from_registry(arch, kwargs, state, where)
+def _built(arch: str, kwargs: Dict[str, Any], state: Mapping[str, Any], where: str, source: Dict):
+    """The architecture with ``state`` loaded (float32, eval) and its source dict:
+    ``source`` plus the kwargs and the loaded weights."""
     model = build_arch(arch, kwargs)
     _load_weights(model, state, arch, where)
     model = model.float().eval()
-    source = {
-        "kind": "factory",
-        "factory": arch,
-        "kwargs": kwargs,
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-    }
-    return model, source
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model, {**source, "kwargs": kwargs, "state_dict": weights}
+
+
+def from_registry(name: str, kwargs: Dict[str, Any], state: Mapping[str, Any], where: str):
+    """A bundled architecture with ``state`` loaded, and its ``registry`` source."""
+    return _built(name, kwargs, state, where, {"kind": "registry", "arch": name})
+
+
+def from_arch(arch: str, kwargs_in: Any, state: Mapping[str, Any], where: str):
+    """A bundled name or a ``package.module:factory`` with ``state`` loaded, and its
+    source (``registry`` or ``factory``)."""
+    kwargs = parse_kwargs(kwargs_in)
+    if arch in registry():
+        return from_registry(arch, kwargs, state, where)
+    return _built(arch, kwargs, state, where, {"kind": "factory", "factory": arch})

@@ -15,13 +15,7 @@ from ann2snn.analysis.diagnostics import (
     structure_table,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _manual_spikes(currents: torch.Tensor, threshold: torch.Tensor, steps: int) -> float:

@@ -1,4 +1,5 @@
-"""The rounding ceiling (ann2snn/analysis/rounding_ceiling.py): the ANN with activations rounded to T levels."""
+"""The rounding ceiling (ann2snn/analysis/rounding_ceiling.py): the ANN with activations
+rounded to T levels."""
 
 from __future__ import annotations
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small models: one thread is faster than two on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_thread):
+    """Every ONNX test module runs with one torch thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(previous)
