@@ -4,8 +4,8 @@
 * :func:`from_nir`: a NIR graph (a file, or a ``nir.NIRGraph``) run with ann2snn's kernels;
 * :func:`ann2snn.interop.spikes.spike_trains`: every IF layer's spikes, step by step.
 
-The Norse / sinabs / snnTorch readers of issue 15 point 4 are not written yet
-(docs/interop.md).
+* :func:`to_norse` / :func:`to_sinabs`: a NIR graph loaded into Norse / sinabs with ann2snn's
+  IF semantics made exact (``ann2snn.interop.readers``; the ``interop`` extra).
 
 The names are imported on first use, so ``import ann2snn.interop`` needs none of the
 optional packages.
@@ -21,8 +21,11 @@ _EXPORTS = {
     "IF_METADATA": "ann2snn.interop.nir_export",
     "NIRExportError": "ann2snn.interop.nir_export",
     "NIRImportError": "ann2snn.interop.nir_import",
+    "NIRReader": "ann2snn.interop.readers",
     "from_nir": "ann2snn.interop.nir_import",
     "to_nir": "ann2snn.interop.nir_export",
+    "to_norse": "ann2snn.interop.readers",
+    "to_sinabs": "ann2snn.interop.readers",
     "write_nir": "ann2snn.interop.nir_export",
 }
 
