@@ -5,7 +5,8 @@
 * :func:`ann2snn.interop.spikes.spike_trains`: every IF layer's spikes, step by step.
 
 * :func:`to_norse` / :func:`to_sinabs`: a NIR graph loaded into Norse / sinabs with ann2snn's
-  IF semantics made exact (``ann2snn.interop.readers``; the ``interop`` extra).
+  IF semantics made exact, :func:`to_snntorch` as near as snnTorch's ``Leaky`` gets
+  (``ann2snn.interop.readers``; the ``interop`` extra).
 
 The names are imported on first use, so ``import ann2snn.interop`` needs none of the
 optional packages.
@@ -26,6 +27,7 @@ _EXPORTS = {
     "to_nir": "ann2snn.interop.nir_export",
     "to_norse": "ann2snn.interop.readers",
     "to_sinabs": "ann2snn.interop.readers",
+    "to_snntorch": "ann2snn.interop.readers",
     "write_nir": "ann2snn.interop.nir_export",
 }
 

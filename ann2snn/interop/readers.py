@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["NIRReader", "NIRScale", "to_norse", "to_sinabs"]
+__all__ = ["NIRReader", "NIRScale", "to_norse", "to_sinabs", "to_snntorch"]
 
 
 def _graph(source: Any) -> Any:
@@ -318,4 +318,105 @@ def to_sinabs(source: Any, batch_size: int = 1) -> NIRReader:
     )
     if _fix_execution_order(module, graph):
         reader.patches.append("execution order: topological (a fan-in ran before its input)")
+    return reader
+
+
+# --------------------------------------------------------------------------------- snnTorch
+
+
+def _snntorch_ge(mem_shift: torch.Tensor) -> torch.Tensor:
+    """A spike where ``v - thr >= 0`` (snnTorch's default fires on ``> 0``); no gradient."""
+    return torch.ge(mem_shift, 0).to(mem_shift.dtype)
+
+
+class _SnnTorchReader(NIRReader):
+    tool = "snntorch"
+    exact = False
+
+    def _reset(self, x: torch.Tensor) -> None:
+        self._state = None
+        for name, leaky in self.neurons.items():
+            v0 = _v_init(self.graph.nodes[name]).to(x.device)
+            leaky.mem = v0.expand((x.shape[0], *v0.shape)).clone()
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x) if self._state is None else self.module(x, self._state)
+        if isinstance(out, tuple):
+            out, self._state = out
+        return out
+
+
+def to_snntorch(source: Any) -> NIRReader:
+    """Load a NIR graph (a path or a ``nir.NIRGraph``) the way ``snntorch.import_from_nir``
+    does (``nirtorch.nir_to_torch`` with snnTorch's node mapping), with IF nodes mapped to
+    snnTorch's ``Leaky`` set as near to ann2snn's IF as its parameters allow: ``beta = 1``
+    (snnTorch's mapping uses 0.9), the full-shape threshold (its mapping asserts one per
+    layer), ``reset_mechanism="subtract"``, ``reset_delay=False``, a ``>=`` spike function and
+    ``mem = v_init`` before the first step. ``Leaky`` still computes ``mem + I - r * thr`` with
+    ``r`` the previous step's spike test, which differs from ann2snn's IF where the potential
+    stays at or above the threshold after a spike (inputs above threshold); it is near, not
+    exact (docs/interop.md gives the counts). Any batch size; residual graphs run (fx, in
+    topological order)."""
+    import nir
+    import nirtorch
+    import snntorch as snn
+    from snntorch.import_nir import _nir_to_snntorch_module, _replace_rnn_subgraph_with_nirgraph
+
+    graph = _graph(source)
+    leakies: Dict[str, nn.Module] = {}
+
+    def map_if(node: Any) -> nn.Module:
+        thr = torch.as_tensor(np.asarray(node.v_threshold, dtype=np.float32))
+        leaky = snn.Leaky(
+            beta=1.0,
+            threshold=thr,
+            spike_grad=_snntorch_ge,
+            init_hidden=True,
+            reset_mechanism="subtract",
+            reset_delay=True,
+        )
+        leakies[id(node)] = leaky
+        return leaky
+
+    def snntorch_map(node: Any) -> nn.Module:
+        return _nir_to_snntorch_module(node, init_hidden=True)
+
+    node_map = {  # snntorch.import_from_nir's, with IF replaced and Scale added
+        nir.Affine: snntorch_map,
+        nir.Linear: snntorch_map,
+        nir.Conv2d: snntorch_map,
+        nir.Flatten: snntorch_map,
+        nir.AvgPool2d: snntorch_map,
+        nir.IF: map_if,
+        nir.Scale: lambda node: NIRScale(node.scale),
+    }
+    graph = _replace_rnn_subgraph_with_nirgraph(graph)
+    module = nirtorch.nir_to_torch(graph, node_map)
+    reader = _SnnTorchReader(module, graph)
+    for name in reader.if_nodes:
+        reader.neurons[name] = leakies[id(graph.nodes[name])]
+    reader.patches.append(
+        f"{len(reader.if_nodes)} IF node(s) mapped to snn.Leaky(beta=1, full-shape threshold, "
+        "subtract reset, reset_delay=False, spike on >=), mem = v_init at the start"
+    )
+    scales = sum(isinstance(n, nir.Scale) for n in graph.nodes.values())
+    if scales:
+        reader.patches.append(f"{scales} Scale node(s) (snnTorch maps none): x * scale")
+    flat = sum(isinstance(n, nir.Flatten) for n in graph.nodes.values())
+    return reader if not flat else _shift_flatten(reader, module, graph)
+
+
+def _shift_flatten(reader: NIRReader, module: nn.Module, graph: Any) -> NIRReader:
+    """snnTorch maps ``nir.Flatten`` to ``nn.Flatten(start_dim, end_dim)`` (torch dims):
+    shift NIR's batch-less dims by one."""
+    import nir
+
+    count = 0
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Flatten):
+            mod = module.get_submodule(name.replace(".", "_"))
+            mod.start_dim = node.start_dim + 1 if node.start_dim >= 0 else node.start_dim
+            mod.end_dim = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
+            count += 1
+    reader.patches.append(f"{count} Flatten(s): NIR's batch-less dims shifted by one")
     return reader
