@@ -147,6 +147,10 @@ def _one_paragraph(exc: BaseException) -> str:
     return text
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    """A SIGINT handler that does nothing."""
+
+
 class _Interrupts:
     """SIGINT while :func:`main` runs: raise KeyboardInterrupt (as Python's own handler
     does), remember it, and raise it again every second until :func:`main` handles it.
@@ -179,7 +183,9 @@ class _Interrupts:
     def handle(self) -> int:
         """Stop listening to SIGINT and report the interrupt: exit status 130."""
         if self.installed:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a repeat in flight is dropped
+            # A repeat already in flight meets a handler that does nothing (with SIG_IGN
+            # Python would print "Signal 2 ignored due to race condition").
+            signal.signal(signal.SIGINT, _ignore)
         self.handled.set()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -213,6 +219,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _main(argv, interrupts)
         except KeyboardInterrupt:
             return interrupts.handle()
+        except Exception:
+            # Ctrl-C in the start-up imports (building the parser) can surface as another
+            # error: numpy's C extension, interrupted while loading, refuses to load again.
+            if interrupts.seen:
+                return interrupts.handle()
+            raise
 
 
 def _main(argv: Optional[Sequence[str]], interrupts: _Interrupts) -> int:
