@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-if ! python -c "import ann2snn, pytest, onnxruntime" >/dev/null 2>&1; then
+if ! python -c "import ann2snn, pytest, onnxruntime, nir" >/dev/null 2>&1; then
   python -m pip install -q --upgrade pip
   python -m pip install -q -e ".[test]"
 fi

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
+from ann2snn.analysis.saturation import RangeWarning
 from ann2snn.cli.common import (
     CLIError,
     add_conversion_arguments,
@@ -33,6 +35,13 @@ DESCRIPTION = """\
 Simulate the SNN on labelled data and print its accuracy at every requested number of
 time steps T beside the ANN's accuracy, with the SNN's mean output error relative to
 the ANN. All T values come from ONE simulation up to the largest T.
+
+Below the table: the share of (input, neuron) pairs that saturated at the largest T
+(spiked at every step with an input above the threshold), the share of inputs that drove
+an activation above the largest value of the calibration data, and the clip error (the
+output error the neurons' clipping alone causes, about what the SNN's error approaches as
+T grows), with a warning when one is large (docs/accuracy.md, "Saturation and
+calibration coverage").
 
 MODEL is an SNN file from `ann2snn convert`, or any ANN input that `convert` accepts;
 an ANN is converted first with the conversion options below (then --calib is needed).
@@ -123,14 +132,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluation data: {data.description}{'' if args.data else ' (from the model file)'}")
     if args.encoding != "current":
         print(f"input encoding: {args.encoding} (seed {args.seed})")
-    curve = ann2snn.evaluate(
-        snn,
-        to_device(data.loader, args.device),
-        timesteps=timesteps,
-        progress=not args.no_progress,
-        encoding=args.encoding,
-        seed=args.seed,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RangeWarning)  # the table prints them
+        curve = ann2snn.evaluate(
+            snn,
+            to_device(data.loader, args.device),
+            timesteps=timesteps,
+            progress=not args.no_progress,
+            encoding=args.encoding,
+            seed=args.seed,
+        )
     if distributed and not is_main():
         return 0  # every rank has the same curve; rank 0 prints and writes it
     print()

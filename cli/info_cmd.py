@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
+from ann2snn.analysis.saturation import RangeWarning
 from ann2snn.cli.common import (
     add_conversion_arguments,
     add_data_arguments,
@@ -31,7 +33,11 @@ and which IF kernel runs the simulation (compiled C++/CUDA or the pure-torch ref
 With --data, also simulate T time steps (--timesteps) and report per IF layer: the firing
 rate, spikes and synaptic operations (spikes x fan-out of the consuming layers) per
 inference beside the ANN's multiply-accumulates over the same connections, and an energy
-estimate at 45 nm: 4.6 pJ per 32-bit float MAC, 0.9 pJ per accumulate (Horowitz 2014).
+estimate at 45 nm: 4.6 pJ per 32-bit float MAC, 0.9 pJ per accumulate (Horowitz 2014),
+and per layer the share of (input, neuron) pairs that saturated (sat %: spiked at every
+step with an input above the threshold) and of inputs that drove it above the largest
+value of the calibration data (beyond %), with the clip error and a warning when one is
+large.
 
 MODEL is an SNN file or an ANN input (converted first; then --calib is needed).
 """
@@ -122,12 +128,14 @@ def run(args: argparse.Namespace) -> int:
     data = open_data(args.data, split="test", options=data_options(args, args.limit, opened.hints))
     print()
     print(f"activity data: {data.description}")
-    report = layer_report(
-        snn,
-        to_device(data.loader, args.device),
-        timesteps=args.timesteps,
-        progress=not args.no_progress,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RangeWarning)  # the table prints them
+        report = layer_report(
+            snn,
+            to_device(data.loader, args.device),
+            timesteps=args.timesteps,
+            progress=not args.no_progress,
+        )
     print(report.table())
     if args.json:
         from ann2snn.analysis.evaluate import write_atomic

@@ -10,11 +10,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ann2snn.calibration import ActivationObserver
-from ann2snn.modes import NormMode
+from ann2snn.converter_passes.op_support import kind_of
+from ann2snn.modes import NormMode, parse_mode
 from ann2snn.runtime.neuron import Activation, Scale
 from ann2snn.tracing import add_submodule, finish, is_module
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_MAX = parse_mode("max")
 
 
 def activation_scale(
@@ -32,7 +34,8 @@ def activation_scale(
         clip: the activation's clip value, which caps the scale (ReLU6 converts exactly).
 
     Returns:
-        Positive scales; silent units (scale 0) get 1 so that they simply never fire.
+        Positive scales; silent units (scale 0) get 1 (at most the clip) so that they
+        simply never fire.
     """
     if mode.quantile is not None:
         if statistic is None:
@@ -43,9 +46,11 @@ def activation_scale(
     else:
         lam = max_value
     lam = lam.float().clone()
+    silent = torch.ones_like(lam)
     if clip is not None:
         lam = torch.minimum(lam, clip.float())
-    return torch.where(lam > 0, lam, torch.ones_like(lam))
+        silent = torch.minimum(silent, clip.float())  # never more than the clip
+    return torch.where(lam > 0, lam, silent)
 
 
 def _channels(lam: torch.Tensor) -> Optional[int]:
@@ -190,6 +195,26 @@ def scale_input_channels(layer: nn.Module, factor: torch.Tensor) -> None:
         w.mul_(per_out.reshape((out_c, in_per_group) + (1,) * (w.dim() - 2)))
 
 
+def feeds_max_pooling(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """True when a max pooling reads ``node``'s values without a Conv/Linear in between:
+    through reshapes, concatenation, splitting, padding, average pooling, per-channel
+    affine maps, additions or other activations. Such a pooling selects the largest of
+    the values that reach it, which come from the top of this activation's range."""
+    seen = set()
+    stack = list(node.users)
+    while stack:
+        user = stack.pop()
+        if user in seen or user.op not in ("call_module", "call_function", "call_method"):
+            continue
+        seen.add(user)
+        kind = kind_of(gm, user)
+        if kind == "maxpool":
+            return True
+        if kind != "weighted":
+            stack.extend(user.users)
+    return False
+
+
 def normalize_activations(gm: fx.GraphModule, mode: NormMode, fold: bool = True) -> fx.GraphModule:
     """Set each activation's scale from its observer and fold it into neighbouring weights.
 
@@ -198,6 +223,10 @@ def normalize_activations(gm: fx.GraphModule, mode: NormMode, fold: bool = True)
     multiplication into the consuming Conv/Linear layers (else a :class:`Scale` node is
     inserted). The graph computes the same function as before; each activation now outputs
     a rate in [0, 1] for inputs up to ``lam``. Observers are removed.
+
+    An activation that a max pooling reads (:func:`feeds_max_pooling`) gets the maximum
+    whatever the mode: the pooling reads exactly the largest values, which a percentile
+    (or a fraction of the maximum) would clip (docs/design.md).
 
     Args:
         mode: the parsed normalization mode.
@@ -211,10 +240,12 @@ def normalize_activations(gm: fx.GraphModule, mode: NormMode, fold: bool = True)
         act = gm.get_submodule(str(act_node.target))
         if observer.max_value is None:
             raise ValueError(f"activation {act_node.name!r} saw no calibration data")
-        stat = observer.statistic() if mode.quantile is not None else None
-        lam = activation_scale(observer.max_value, mode, stat, act.clip).detach()
+        use_mode = _MAX if feeds_max_pooling(gm, obs_node) else mode
+        stat = observer.statistic() if use_mode.quantile is not None else None
+        lam = activation_scale(observer.max_value, use_mode, stat, act.clip).detach()
         if lam.numel() > 1 and lam.dim() == 0:
             lam = lam.reshape(-1)
+        act.calib_max = observer.max_value.detach().float().clone().reshape(lam.shape)
         obs_node.replace_all_uses_with(act_node)
         gm.graph.erase_node(obs_node)
         _apply_scale(gm, act_node, act, lam, fold)

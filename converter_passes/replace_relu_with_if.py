@@ -24,5 +24,7 @@ def replace_relu_with_if(gm: fx.GraphModule, v_init: float = 0.5) -> fx.GraphMod
             neuron.scale = act.scale.clone().reshape(-1)
         if act.clip is not None:
             neuron.clip = act.clip.clone()
+        if act.calib_max is not None:
+            neuron.calib_max = act.calib_max.clone().reshape(-1)
         replace_submodule(gm, str(node.target), neuron)
     return finish(gm)

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -36,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from ann2snn._checks import device_of, positive_int
+from ann2snn.analysis.saturation import RangeTally, RangeWarning, range_line, range_warnings
 from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.runtime.recorders import SpikeRecorder
@@ -137,6 +139,11 @@ class LayerRow:
         fan_out: average synaptic operations caused by one spike.
         synops: synaptic operations per inference (``spikes x fan_out``).
         ann_macs: the ANN's multiply-accumulates over the same connections per inference.
+        saturated: share of (input, neuron) pairs that spiked at every step while their
+            input exceeded the threshold (saturated; :mod:`ann2snn.analysis.saturation`).
+        out_of_range: share of inputs that drove a neuron of the layer above the largest
+            value of the calibration data (None when the SNN does not know it); see
+            :mod:`ann2snn.analysis.saturation`.
     """
 
     name: str
@@ -148,6 +155,8 @@ class LayerRow:
     fan_out: float = float("nan")
     synops: float = float("nan")
     ann_macs: float = float("nan")
+    saturated: float = float("nan")
+    out_of_range: Optional[float] = None
 
 
 @dataclass
@@ -162,6 +171,8 @@ class LayerReport:
         ann_macs_total: MACs per inference of the whole ANN.
         synops_total: synaptic operations per inference of the whole SNN.
         ann_energy_uj / snn_energy_uj: energy estimates per inference, in microjoules.
+        saturation: saturation and calibration coverage over all layers
+            (:meth:`ann2snn.analysis.saturation.RangeTally.summary`).
     """
 
     rows: List[LayerRow]
@@ -175,13 +186,14 @@ class LayerReport:
     constants: Dict[str, float] = field(
         default_factory=lambda: {"mac_pj": ENERGY_PER_MAC_PJ, "ac_pj": ENERGY_PER_AC_PJ}
     )
+    saturation: Dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """The report as a readable text table with totals."""
         head = (
             f"{'layer':<22} {'neurons':>9} {'threshold':>11} {'scale':>15} {'rate':>7} "
             f"{'spikes/inf':>11} {'fan-out':>8} {'SynOps/inf':>11} {'ANN MACs':>11} "
-            f"{'ratio':>6}"
+            f"{'ratio':>6} {'sat %':>6} {'beyond %':>8}"
         )
         lines = [
             f"per-layer activity at T={self.timesteps} over {self.samples} samples "
@@ -191,10 +203,12 @@ class LayerReport:
         ]
         for r in self.rows:
             ratio = r.synops / r.ann_macs if r.ann_macs else float("nan")
+            beyond = "-" if r.out_of_range is None else f"{100 * r.out_of_range:.1f}"
             lines.append(
                 f"{r.name:<22} {r.neurons:>9,} {r.threshold:>11} {r.scale:>15} "
                 f"{r.firing_rate:>7.4f} {r.spikes:>11,.0f} {r.fan_out:>8.1f} "
-                f"{r.synops:>11,.0f} {r.ann_macs:>11,.0f} {ratio:>6.2f}"
+                f"{r.synops:>11,.0f} {r.ann_macs:>11,.0f} {ratio:>6.2f} "
+                f"{100 * r.saturated:>6.2f} {beyond:>8}"
             )
         ratio = self.snn_energy_uj / self.ann_energy_uj if self.ann_energy_uj else float("nan")
         lines += [
@@ -205,6 +219,9 @@ class LayerReport:
             f"-> {self.snn_energy_uj:.3f} uJ ({ratio:.2f}x the ANN)",
             ENERGY_NOTE,
         ]
+        if self.saturation:
+            lines.append(range_line(self.saturation))
+            lines += [f"warning: {w}" for w in range_warnings(self.saturation)]
         return "\n".join(lines)
 
     __str__ = table
@@ -340,7 +357,8 @@ def layer_report(
     example = None
     total = batch_count_bound(loader, max_batches)
     try:
-        with SpikeRecorder(snn) as spike_rec:
+        tally = RangeTally(timesteps, snn)
+        with SpikeRecorder(snn, ranges=True) as spike_rec:
             bar = tqdm(
                 loader, total=total, desc=f"layer report T={timesteps}", disable=not progress
             )
@@ -351,6 +369,10 @@ def layer_report(
                 example = x[:1] if example is None else example
                 for _ in snn.simulate(x, timesteps):
                     pass
+                tally.add_spikes(spike_rec.saturation_counts(timesteps))
+                is_sequence = getattr(snn, "is_sequence", None)
+                tally.add_inputs(x.mean(0) if is_sequence is not None and is_sequence(x) else x)
+                spike_rec.clear()
                 samples += int(x.shape[0])
             bar.close()
     finally:
@@ -360,18 +382,24 @@ def layer_report(
     fan_out = _fan_outs(snn, rec)
     rows = _neuron_rows(snn)
     spikes, steps = spike_rec.spikes, spike_rec.neuron_steps
+    saturation = tally.summary()
     for row in rows:
         row.neurons = steps[row.name] // (samples * timesteps)
         row.firing_rate = spikes[row.name] / max(steps[row.name], 1)
         row.spikes = spikes[row.name] / samples
         row.fan_out, row.ann_macs = fan_out[row.name]
         row.synops = row.spikes * row.fan_out
+        layer = saturation["layers"].get(row.name, {})
+        row.saturated = layer.get("saturated", float("nan"))
+        row.out_of_range = layer.get("out_of_range")
     static_macs = sum(v for k, v in rec.connections.items() if k.startswith("static_prefix."))
     ann = snn.ann
     ann_total = sum(ann_macs(ann, example).values()) if ann is not None else 0
     if ann is None:  # the SNN's own weighted layers are the ANN's, after folding
         ann_total = sum(rec.connections.values())
     synops = sum(r.synops for r in rows)
+    for message in range_warnings(saturation):
+        warnings.warn(message, RangeWarning, stacklevel=3)  # past torch.no_grad's wrapper
     return LayerReport(
         rows=rows,
         timesteps=timesteps,
@@ -381,6 +409,7 @@ def layer_report(
         synops_total=float(synops),
         ann_energy_uj=ann_total * ENERGY_PER_MAC_PJ * 1e-6,
         snn_energy_uj=(synops * ENERGY_PER_AC_PJ + static_macs * ENERGY_PER_MAC_PJ) * 1e-6,
+        saturation=saturation,
     )
 
 

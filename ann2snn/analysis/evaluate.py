@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -15,8 +16,10 @@ from torch import nn
 
 from ann2snn import distributed
 from ann2snn._checks import device_of, positive_int
+from ann2snn.analysis.saturation import RangeTally, RangeWarning, range_line, range_warnings
 from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.input_checks import logits_of
+from ann2snn.runtime.recorders import SpikeRecorder
 from ann2snn.runtime.spiking_model import SpikingModel
 
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -32,6 +35,9 @@ class AccuracyCurve:
         output_error: T -> mean |SNN output - ANN output| / mean |ANN output|, when known.
         samples: number of evaluated samples.
         meta: conversion settings (mode, v_init ...).
+        saturation: at the largest T, the share of (input, neuron) pairs that spiked at
+            every step and the share of inputs beyond the calibrated range, overall and
+            per IF layer (:mod:`ann2snn.analysis.saturation`); empty when not measured.
     """
 
     accuracy: Dict[int, float]
@@ -39,6 +45,7 @@ class AccuracyCurve:
     output_error: Dict[int, float] = field(default_factory=dict)
     samples: int = 0
     meta: Dict[str, Any] = field(default_factory=dict)
+    saturation: Dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """A readable table of accuracy per T, beside the ANN's accuracy."""
@@ -58,6 +65,9 @@ class AccuracyCurve:
             if self.output_error:
                 row += f"  {self.output_error.get(t, float('nan')):>17.4f}"
             lines.append(row)
+        if self.saturation:
+            lines.append(range_line(self.saturation))
+            lines += [f"warning: {w}" for w in range_warnings(self.saturation)]
         return "\n".join(lines)
 
     __str__ = table
@@ -241,6 +251,11 @@ def evaluate(
         model = convert(model, calib_data=loader, **convert_kwargs)
     ts = _check_timesteps(timesteps)
     ann = ann if ann is not None else model.ann
+    # float64/float16 data: the SNN casts its input to float32; the ANN reference gets
+    # its own parameters' dtype
+    ann_dtype = (
+        next((p.dtype for p in ann.parameters()), torch.float32) if ann is not None else None
+    )
     device = device_of(model)
     sharded = distributed.is_distributed()
     if sharded:  # this rank's batches only; counts are summed over ranks below
@@ -254,7 +269,8 @@ def evaluate(
     total = 0
     n_batches = batch_count_bound(loader, max_batches)
     bar = tqdm(total=n_batches, desc=f"evaluating T<={t_max}", disable=not progress, leave=False)
-    with distributed.failure_check("evaluation"):
+    tally = RangeTally(t_max, model)
+    with distributed.failure_check("evaluation"), SpikeRecorder(model, ranges=True) as rec:
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -263,6 +279,8 @@ def evaluate(
             if model.is_sequence(x) and not time_major:
                 x = x.transpose(0, 1)  # [B, T, ...] -> [T, B, ...]
             static = x.mean(0) if model.is_sequence(x) else x
+            if static.is_floating_point():
+                static = static.to(ann_dtype or torch.float32)
             ref = logits_of(ann(static)) if ann is not None else None
             if ref is not None:
                 ann_correct += int((ref.argmax(1) == y).sum())
@@ -275,6 +293,9 @@ def evaluate(
                     avg = cum / t
                     dims = tuple(range(1, ref.dim()))
                     err_sum[t] += float((avg - ref).abs().mean(dim=dims).sum())
+            tally.add_spikes(rec.saturation_counts(t_max))
+            tally.add_inputs(static.float())
+            rec.clear()
             total += int(y.shape[0])
             bar.update(1)
     bar.close()
@@ -285,6 +306,7 @@ def evaluate(
         floats = distributed.all_reduce_sum([err_sum[t] for t in ts] + [ann_norm])
         correct, err_sum = dict(zip(ts, ints)), dict(zip(ts, floats))
         ann_correct, total, ann_norm = ints[-2], ints[-1], floats[-1]
+        tally.all_reduce()
     if total == 0:
         raise ValueError("the evaluation data yielded no batch")
     curve = AccuracyCurve(
@@ -295,7 +317,10 @@ def evaluate(
         ),
         samples=total,
         meta=dict(model.meta),
+        saturation=tally.summary(),
     )
+    for message in range_warnings(curve.saturation):
+        warnings.warn(message, RangeWarning, stacklevel=3)  # past torch.no_grad's wrapper
     if encoding not in (None, "current"):
         curve.meta["input_encoding"] = encoding
         curve.meta["encoding_seed"] = seed

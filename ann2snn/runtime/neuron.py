@@ -37,6 +37,8 @@ class Activation(nn.Module):
         self.register_buffer("clip", None if clip is None else torch.tensor(float(clip)))
         self.register_buffer("threshold", None)
         self.register_buffer("scale", None)
+        # The largest value seen on the calibration data (ANN units), for diagnostics.
+        self.register_buffer("calib_max", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(x)
@@ -93,10 +95,18 @@ class IFNeuron(nn.Module):
         self.v_init = float(v_init)
         self.register_buffer("v_init_channels", None)  # per-channel fractions, or None
         self.register_buffer("scale", None)  # normalization scale in ANN units (diagnostics)
-        # The clip of the activation this neuron replaced (ANN units; None for a plain
-        # ReLU). The simulation does not read it; the ANN view of the graph
-        # (ann2snn.snn_graph.ann_view) puts the activation back with it.
+        # The clip of the activation this neuron replaced, in the units of its input like
+        # the threshold (the ANN's clip divided by the scale where the scale was folded
+        # into the producing layer; None for a plain ReLU). The simulation does not read
+        # it; the ANN view of the graph (ann2snn.snn_graph.ann_view) puts the activation
+        # back with it.
         self.register_buffer("clip", None)
+        # The largest value the activation took on the calibration data (ANN units, one
+        # per channel or one), or None when unknown (files written before it was kept).
+        # The simulation does not read it; the range diagnostics
+        # (ann2snn.runtime.recorders.SpikeRecorder.range_counts) compare the evaluated
+        # inputs with it.
+        self.register_buffer("calib_max", None)
         self.steps = 1
         self.static_input = False  # input is the same every step: [B, ...] instead of [T*B, ...]
         self.v: Optional[torch.Tensor] = None

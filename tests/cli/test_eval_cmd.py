@@ -57,6 +57,12 @@ def test_eval_snn_file_writes_table_csv_json_plot(tmp_path, snn_file, cli) -> No
     assert data["samples"] == LIMIT
     assert data["accuracy"] == {str(t): expected.accuracy[t] for t in TIMESTEPS}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Saturation and coverage at the largest T, printed and in the JSON.
+    from ann2snn.analysis.saturation import range_line
+
+    assert range_line(expected.saturation) in result.stdout
+    assert data["saturation"]["out_of_range"] == expected.saturation["out_of_range"]
+    assert data["saturation"]["saturated"] == expected.saturation["saturated"]
     # Rate coding: the output error shrinks as T grows.
     errors = [expected.output_error[t] for t in TIMESTEPS]
     assert errors[-1] < errors[0]

@@ -39,7 +39,11 @@ def test_info_structure_and_activity_report(tmp_path, snn_file, cli) -> None:
     report = json.loads(report_path.read_text())
     assert report["timesteps"] == 8 and report["samples"] == 100
     assert [r["name"] for r in report["rows"]] == names
+    assert "sat %" in out and "beyond %" in out and "saturation at T=8" in out
+    layers = report["saturation"]["layers"]
     for row in report["rows"]:
+        assert row["saturated"] == layers[row["name"]]["saturated"]
+        assert row["out_of_range"] == layers[row["name"]]["out_of_range"]
         assert 0.0 < row["firing_rate"] < 1.0
         assert abs(row["synops"] - row["spikes"] * row["fan_out"]) <= 1e-6 * row["synops"]
         expected_spikes = row["firing_rate"] * row["neurons"] * 8

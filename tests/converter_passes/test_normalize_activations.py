@@ -93,3 +93,34 @@ def test_scale_kept_where_it_cannot_fold():
     assert float(act.threshold) == pytest.approx(float(act.scale)) and float(act.scale) != 1.0
     assert sum(isinstance(m, Scale) for m in gm.modules()) == 1
     torch.testing.assert_close(gm(x), model(x))
+
+
+def test_activations_read_by_a_max_pooling_keep_their_maximum():
+    # A max pooling reads exactly the top of its input's range, which a percentile clips:
+    # whatever the mode, an activation that reaches one (here through a concatenation)
+    # gets its maximum; the others get the percentile.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))  # read by b, then by the pooling only through b
+            g = torch.relu(self.b(h))
+            return torch.amax(torch.cat([g, g], 1), dim=(2, 3))  # global max pooling
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(32, 1, 8, 8)
+    gm = _normalized(model, [x], "99%", channelwise=True)
+    first, second = [m for m in gm.modules() if isinstance(m, Activation)]
+    with torch.no_grad():
+        h = torch.relu(model.a(x))
+        g = torch.relu(model.b(h))
+    per_channel = g.transpose(0, 1).reshape(4, -1)
+    torch.testing.assert_close(second.scale, per_channel.amax(1))
+    percentile = torch.quantile(h.transpose(0, 1).reshape(4, -1), 0.99, dim=1)
+    torch.testing.assert_close(first.scale, percentile)
+    assert torch.all(first.scale < h.transpose(0, 1).reshape(4, -1).amax(1))
+    torch.testing.assert_close(gm(x), model(x))
