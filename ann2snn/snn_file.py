@@ -38,7 +38,7 @@ import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from ann2snn.config import ConversionConfig
@@ -167,6 +167,26 @@ def save_snn(
             "rebuilds its ANN from the source instead (format version 1)",
             stacklevel=2,
         )
+    ann_graph = None
+    if graph is not None and snn.ann is not None and not _graph_is_the_ann(snn, options):
+        # The graph was changed after conversion (bootstrap fine-tunes weights and
+        # thresholds): its ANN view is no longer the ANN, which stays the reference. An
+        # ANN that is itself a graph over the closed set (one read from a format 2 file)
+        # is stored beside it; any other ANN is stored as its source (format 1).
+        try:
+            if not isinstance(snn.ann, fx.GraphModule):
+                raise UnsupportedGraphError("an ANN that is not an fx graph")
+            described, tensors = describe_graph(snn.ann)
+            ann_graph = {"graph": described, "state": tensors}
+        except UnsupportedGraphError:
+            graph = None
+            if "bootstrap" not in snn.meta:
+                warnings.warn(
+                    "the converted graph no longer computes its ANN (changed after "
+                    "conversion); the file rebuilds its ANN from the source instead "
+                    "(format version 1)",
+                    stacklevel=2,
+                )
     if snn.ann is None and graph is None:
         raise ValueError("the SpikingModel has no ANN (snn.ann); save_snn needs it to rebuild")
     src = dict(source) if source is not None else (source_of(snn.ann) if snn.ann else None)
@@ -183,6 +203,7 @@ def save_snn(
                     if src
                     else snn.meta.get("ann_description", "ANN: a Python module")
                 ),
+                **({"ann_graph": ann_graph} if ann_graph is not None else {}),
                 **_common_entries(snn, options, provenance),
             },
         )
@@ -205,6 +226,17 @@ def save_snn(
         **_common_entries(snn, options, provenance),
     }
     _write_payload(path, payload)
+
+
+def _graph_is_the_ann(snn: Any, options: Dict[str, Any]) -> bool:
+    """The spiking graph with its activations put back computes the SNN's ANN (on the
+    probe input, up to the rounding of folded weights), as a format 2 file assumes."""
+    probe = _probe_input(options["input_shape"])
+    device = next((t.device for t in snn.ann.state_dict().values()), torch.device("cpu"))
+    with torch.no_grad():
+        want = snn.ann(probe.to(device))
+        got = ann_view(snn.graph_module)(probe.to(device))
+    return _close_outputs(tree_map(_stored_output, got), tree_map(_stored_output, want))
 
 
 def _common_entries(
@@ -288,6 +320,10 @@ def _checksum_parts(payload: Mapping[str, Any]) -> Dict[str, str]:
                         parts[f"ann_source.state_dict[{wname!r}]"] = digest(tensor)
                 else:
                     parts[f"ann_source.{name}"] = digest(item)
+        elif key == "ann_graph" and isinstance(value, Mapping):
+            parts["ann_graph.graph"] = digest(value.get("graph"))
+            for name, tensor in value.get("state", {}).items():
+                parts[f"ann_graph.state[{name!r}]"] = digest(tensor)
         else:
             parts[key] = digest(value)
     return parts
@@ -485,7 +521,13 @@ def _load_described(path: PathLike, data: Mapping[str, Any]) -> Any:
             f"{path}: its graph description cannot be rebuilt by this ann2snn version "
             f"(written by ann2snn {data.get('ann2snn_version')}): {exc}"
         ) from exc
-    ann = ann_view(gm)
+    if "ann_graph" in data:  # the graph was changed after conversion (bootstrap)
+        try:
+            ann = build_graph(data["ann_graph"]["graph"], dict(data["ann_graph"]["state"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: its ANN graph cannot be rebuilt: {exc}") from exc
+    else:
+        ann = ann_view(gm)
     probe = data["probe"]
     with torch.no_grad():
         out = ann(probe["input"])

@@ -78,6 +78,38 @@ def test_save_load_roundtrip_is_exact_and_weights_only(tmp_path, trained, images
     assert again.meta["provenance"] == {"input": MODEL}
 
 
+def test_graph_changed_after_conversion_keeps_its_ann(tmp_path, trained, images) -> None:
+    # Bootstrap fine-tunes the spiking graph, so the graph with its activations put back
+    # is no longer the ANN. A file from an SNN file (whose ANN is a described graph)
+    # stores that ANN graph beside it; an SNN converted from a module falls back to
+    # format 1. Either way the ANN reference stays the ANN and the spikes are the tuned
+    # graph's.
+    calib, test = images
+    snn = ann2snn.convert(load_model(MODEL).module, calib_data=[calib])
+    first = tmp_path / "first.pt"
+    snn_io.save_snn(snn, first)
+    loaded = snn_io.load_snn(first)
+    for m in (loaded, snn):
+        with torch.no_grad():
+            next(p for n, p in m.graph_module.named_parameters() if "weight" in n).mul_(1.1)
+    tuned = tmp_path / "tuned.pt"
+    snn_io.save_snn(loaded, tuned)
+    raw = torch.load(tuned, weights_only=True)
+    assert raw["version"] == 2 and "ann_graph" in raw
+    assert any(k.startswith("ann_graph.state") for k in raw["checksum"]["parts"])
+    again = snn_io.load_snn(tuned)
+    torch.testing.assert_close(again.ann(test), trained(test), rtol=0, atol=1e-4)
+    assert torch.equal(again(test, timesteps=16), loaded(test, timesteps=16))
+    from_module = tmp_path / "from_module.pt"
+    with pytest.warns(UserWarning, match="no longer computes its ANN"):
+        snn_io.save_snn(snn, from_module)
+    raw = torch.load(from_module, weights_only=True)
+    assert raw["version"] == 1 and "ann_source" in raw
+    again = snn_io.load_snn(from_module)
+    torch.testing.assert_close(again.ann(test), trained(test))
+    assert torch.equal(again(test, timesteps=16), snn(test, timesteps=16))
+
+
 def test_options_survive_the_roundtrip(tmp_path, images) -> None:
     calib, test = images
     loaded = load_model(MODEL)
