@@ -49,7 +49,9 @@ def _per_channel(a: Any, what: str, problems: List[str], name: str) -> Optional[
     return flat[:, 0].contiguous()
 
 
-def _order(nodes: Dict[str, Any], edges: List[Any]) -> List[str]:
+def topological_order(nodes: Dict[str, Any], edges: List[Any]) -> List[str]:
+    """The node names of a NIR graph in a topological order (Kahn's algorithm, ties in
+    node order); NIRImportError for a cycle. Shared with the readers (interop.readers)."""
     succ, indeg = defaultdict(list), {n: 0 for n in nodes}
     for a, b in edges:
         succ[a].append(b)
@@ -99,7 +101,7 @@ def from_nir(source: Any) -> SpikingModel:
         safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "node"
         return f"n_{safe}" if safe[0].isdigit() or keyword.iskeyword(safe) else safe
 
-    for name in _order(nodes, edges):
+    for name in topological_order(nodes, edges):
         node = nodes[name]
         ins = [env[p] for p in preds[name] if p in env]
         x: Optional[fx.Node] = ins[0] if ins else None

@@ -29,13 +29,14 @@ node's value at every step, in the form of :func:`ann2snn.interop.spikes.spike_t
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict, deque
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+
+from ann2snn.interop.nir_import import topological_order
 
 __all__ = ["NIRReader", "NIRScale", "to_norse", "to_sinabs", "to_snntorch"]
 
@@ -44,24 +45,6 @@ def _graph(source: Any) -> Any:
     import nir
 
     return source if isinstance(source, nir.NIRGraph) else nir.read(str(source))
-
-
-def _topological(nodes: Dict[str, Any], edges: List[Any]) -> List[str]:
-    succ, indeg = defaultdict(list), {n: 0 for n in nodes}
-    for a, b in edges:
-        succ[a].append(b)
-        indeg[b] += 1
-    ready, order = deque(n for n in nodes if indeg[n] == 0), []
-    while ready:
-        n = ready.popleft()
-        order.append(n)
-        for m in succ[n]:
-            indeg[m] -= 1
-            if indeg[m] == 0:
-                ready.append(m)
-    if len(order) != len(nodes):
-        raise ValueError("the NIR graph has a cycle; the readers run feed-forward graphs only")
-    return order
 
 
 def _sanitize(name: str) -> str:
@@ -115,7 +98,7 @@ def _load(graph: Any, tool_map: Callable[[Any], Optional[nn.Module]]) -> Tuple[n
 def _fix_execution_order(executor: Any, graph: Any) -> bool:
     """Replace nirtorch's depth-first execution order with a topological order of ``graph``;
     True when the order changed (a fan-in node used to run before one of its inputs)."""
-    rank = {_sanitize(n): i for i, n in enumerate(_topological(graph.nodes, graph.edges))}
+    rank = {_sanitize(n): i for i, n in enumerate(topological_order(graph.nodes, graph.edges))}
     old = list(executor.execution_order)
     new = sorted(old, key=lambda node: rank[node.name])
     executor.execution_order = new
@@ -143,7 +126,7 @@ class NIRReader:
 
         self.module = module
         self.graph = graph
-        order = _topological(graph.nodes, graph.edges)
+        order = topological_order(graph.nodes, graph.edges)
         self.if_nodes = [n for n in order if isinstance(graph.nodes[n], nir.IF)]
         self.neurons: Dict[str, nn.Module] = {}
         self.patches: List[str] = []
