@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -40,6 +41,7 @@ from torch import fx, nn
 from tqdm import tqdm
 
 from ann2snn._checks import positive_int
+from ann2snn.analysis.saturation import RangeWarning
 from ann2snn.calibration import batch_input
 from ann2snn.converter_passes.bootstrap_fit import (
     DEFAULT_SAMPLE_RANGE,
@@ -367,7 +369,9 @@ def bootstrap(
         if eval_loader is not None:
             was_ann = boot.mode == "ann"
             boot.snn_mode()
-            curve = evaluate(snn, eval_loader, eval_ts, max_batches=eval_batches)
+            with warnings.catch_warnings():  # progress checks; saturation is not the point
+                warnings.simplefilter("ignore", RangeWarning)
+                curve = evaluate(snn, eval_loader, eval_ts, max_batches=eval_batches)
             rec.snn_accuracy = dict(curve.accuracy)
             if was_ann:
                 boot.ann_mode()
