@@ -13,9 +13,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-if ! python -c "import ann2snn, pytest, onnxruntime, nir" >/dev/null 2>&1; then
+# The interop extra (Norse, snnTorch) and sinabs let tests/interop compare the NIR readers'
+# spikes with ours; sinabs pins nir<=1.0.4, so it goes in without its dependencies.
+if ! python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
+    ('ann2snn', 'pytest', 'onnxruntime', 'nir', 'norse', 'sinabs', 'snntorch')))" >/dev/null 2>&1; then
   python -m pip install -q --upgrade pip
-  python -m pip install -q -e ".[test]"
+  python -m pip install -q -e ".[test,interop]"
+  python -m pip install -q --no-deps "sinabs==3.1.3"
 fi
 if [ -z "${ANN2SNN_DATA:-}" ] && [ -d ../shared/datasets ]; then
   ANN2SNN_DATA="$(cd ../shared/datasets && pwd)"
