@@ -33,7 +33,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -289,7 +289,8 @@ def bootstrap(
             when ``eval_loader`` is given).
         lr: Adam learning rate (cosine-annealed to zero over the run).
         weight_decay: Adam weight decay.
-        calib_data: batches the SNN is sampled on (default: ``train_loader``).
+        calib_data: batches the SNN is sampled on (default: ``train_loader``); a one-shot
+            iterator (a generator) is read once into a list, since every re-fit samples it.
         sample_batches: use at most this many batches of it per sampling (None: all).
         segments: linear segments per fitted function (default: the pass's).
         sample_range: current range fitted, threshold units (default: the pass's).
@@ -336,6 +337,9 @@ def bootstrap(
     if batches_per_epoch == 0:
         raise ValueError("train_loader is empty")
 
+    if isinstance(calib_data, Iterator):
+        # a one-shot iterator (a generator): sampled again at every re-fit, so kept
+        calib_data = list(calib_data)
     if isinstance(model, SpikingModel):
         snn = copy.deepcopy(model)
     elif isinstance(model, nn.Module):

@@ -218,6 +218,20 @@ def test_bootstrap_converts_an_ann(fmnist_train):
     )
 
 
+def test_bootstrap_takes_a_generator_as_calibration_data(fmnist_train):
+    # A one-shot iterator is sampled at every re-fit: it gives the same SNN as the list.
+    model = pretrained("fmnist_avgpool_cnn")
+    train = loader(fmnist_train, 256, batch_size=128)
+    calib = [x for x, _ in loader(fmnist_train, 256, batch_size=128, offset=1000)]
+    runs = []
+    for data in (calib, (x for x in calib)):
+        torch.manual_seed(0)
+        runs.append(bootstrap(model, train, timesteps=2, epochs=0.5, calib_data=data))
+    (a, history_a), (b, history_b) = runs
+    assert [r.fit_rmse for r in history_a] == [r.fit_rmse for r in history_b]
+    assert torch.equal(a(calib[0][:16], timesteps=2), b(calib[0][:16], timesteps=2))
+
+
 def test_bootstrap_rejects_bad_arguments(converted, fmnist_train):
     train = loader(fmnist_train, 128)
     with pytest.raises(ValueError, match="timesteps"):
