@@ -25,6 +25,7 @@ _EXPORTS = {
     "DataNotFoundError": "ann2snn.errors",
     "IFNeuron": "ann2snn.runtime.neuron",
     "LoadedModel": "ann2snn.frontends.checkpoint",
+    "RangeWarning": "ann2snn.analysis.saturation",
     "SNNFileError": "ann2snn.errors",
     "SpikingModel": "ann2snn.runtime.spiking_model",
     "UntrustedFileError": "ann2snn.errors",
@@ -48,6 +49,7 @@ __all__ = [
     "DataNotFoundError",
     "IFNeuron",
     "LoadedModel",
+    "RangeWarning",
     "SNNFileError",
     "SpikingModel",
     "UntrustedFileError",
@@ -80,6 +82,7 @@ def __dir__() -> List[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from ann2snn.analysis.diagnostics import layer_report
     from ann2snn.analysis.evaluate import AccuracyCurve, evaluate
+    from ann2snn.analysis.saturation import RangeWarning
     from ann2snn.api import convert
     from ann2snn.config import ConversionConfig
     from ann2snn.errors import (

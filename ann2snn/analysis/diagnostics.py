@@ -37,7 +37,7 @@ import torch
 from torch import fx, nn
 
 from ann2snn._checks import device_of, positive_int
-from ann2snn.analysis.saturation import RangeTally, RangeWarning, range_line, range_warnings
+from ann2snn.analysis.saturation import RangeTally, RangeWarning, range_report, range_warnings
 from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.runtime.neuron import IFNeuron
 from ann2snn.runtime.recorders import SpikeRecorder
@@ -141,8 +141,8 @@ class LayerRow:
         ann_macs: the ANN's multiply-accumulates over the same connections per inference.
         saturated: share of (input, neuron) pairs that spiked at every step while their
             input exceeded the threshold (saturated; :mod:`ann2snn.analysis.saturation`).
-        out_of_range: share of inputs that drove a neuron of the layer above the largest
-            value of the calibration data (None when the SNN does not know it); see
+        out_of_range: share of inputs that drove an activation of the layer above the
+            largest value of the calibration data (None when the SNN does not know it); see
             :mod:`ann2snn.analysis.saturation`.
     """
 
@@ -219,9 +219,7 @@ class LayerReport:
             f"-> {self.snn_energy_uj:.3f} uJ ({ratio:.2f}x the ANN)",
             ENERGY_NOTE,
         ]
-        if self.saturation:
-            lines.append(range_line(self.saturation))
-            lines += [f"warning: {w}" for w in range_warnings(self.saturation)]
+        lines += range_report(self.saturation)
         return "\n".join(lines)
 
     __str__ = table
@@ -371,7 +369,8 @@ def layer_report(
                     pass
                 tally.add_spikes(spike_rec.saturation_counts(timesteps))
                 is_sequence = getattr(snn, "is_sequence", None)
-                tally.add_inputs(x.mean(0) if is_sequence is not None and is_sequence(x) else x)
+                static = x.mean(0) if is_sequence is not None and is_sequence(x) else x
+                tally.add_inputs(static.float())
                 spike_rec.clear()
                 samples += int(x.shape[0])
             bar.close()

@@ -16,7 +16,7 @@ from torch import nn
 
 from ann2snn import distributed
 from ann2snn._checks import device_of, positive_int
-from ann2snn.analysis.saturation import RangeTally, RangeWarning, range_line, range_warnings
+from ann2snn.analysis.saturation import RangeTally, RangeWarning, range_report, range_warnings
 from ann2snn.calibration import batch_count_bound, batch_input
 from ann2snn.input_checks import logits_of
 from ann2snn.runtime.recorders import SpikeRecorder
@@ -35,9 +35,10 @@ class AccuracyCurve:
         output_error: T -> mean |SNN output - ANN output| / mean |ANN output|, when known.
         samples: number of evaluated samples.
         meta: conversion settings (mode, v_init ...).
-        saturation: at the largest T, the share of (input, neuron) pairs that spiked at
-            every step and the share of inputs beyond the calibrated range, overall and
-            per IF layer (:mod:`ann2snn.analysis.saturation`); empty when not measured.
+        saturation: the share of (input, neuron) pairs that saturated at the largest T,
+            the share of inputs beyond the calibrated range and the clip error, overall
+            and per IF layer (:mod:`ann2snn.analysis.saturation`); empty when not
+            measured.
     """
 
     accuracy: Dict[int, float]
@@ -65,9 +66,7 @@ class AccuracyCurve:
             if self.output_error:
                 row += f"  {self.output_error.get(t, float('nan')):>17.4f}"
             lines.append(row)
-        if self.saturation:
-            lines.append(range_line(self.saturation))
-            lines += [f"warning: {w}" for w in range_warnings(self.saturation)]
+        lines += range_report(self.saturation)
         return "\n".join(lines)
 
     __str__ = table

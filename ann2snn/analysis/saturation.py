@@ -52,6 +52,8 @@ __all__ = [
     "RangeTally",
     "RangeWarning",
     "clipped_views",
+    "range_line",
+    "range_report",
     "range_warnings",
 ]
 
@@ -259,6 +261,13 @@ def range_line(summary: Mapping[str, Any]) -> str:
     if summary.get("clip_error") is not None:
         line += f"; clip error {summary['clip_error']:.4f}"
     return line
+
+
+def range_report(summary: Mapping[str, Any]) -> List[str]:
+    """The lines a table prints below itself: :func:`range_line` and each warning."""
+    if not summary:
+        return []
+    return [range_line(summary)] + [f"warning: {w}" for w in range_warnings(summary)]
 
 
 def range_warnings(summary: Mapping[str, Any]) -> List[str]:
