@@ -293,22 +293,6 @@ def section_build(ops: Any, device: str) -> Dict[str, Any]:
 # ------------------------------------------------------------------ section: op checks
 
 
-def _if_inputs(shape, per_channel, device, dtype=torch.float32, seed=0):
-    # As tests/ops/test_ops.py: multiples of 1/8 make exact ties v == threshold frequent.
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randint(-4, 9, shape, generator=gen) / 8.0).to(dtype)
-    x = x + 0.01 * torch.randn(shape, generator=gen).to(dtype) * (
-        torch.rand(shape, generator=gen) < 0.5
-    )
-    v = torch.randn(shape[1:], generator=gen) * 0.3
-    if per_channel:
-        threshold = torch.rand(shape[2], generator=gen) + 0.5
-        threshold[0] = 1.0
-    else:
-        threshold = torch.tensor([0.75])
-    return x.to(device), v.to(device), threshold.to(device)
-
-
 def _pool_inputs(shape, geometry, device, seed=0):
     # As tests/ops/test_pool_op.py: spikes of per-channel height and a random state.
     gen = torch.Generator().manual_seed(seed)
@@ -351,6 +335,8 @@ def _random_if_shapes(n: int, seed: int) -> List[Tuple[Tuple[int, ...], bool]]:
 
 
 def section_op_checks(ops: Any, device: str, sizes: Sizes, inject: Sequence[str]) -> Dict:
+    from ann2snn.ops.op_inputs import if_op_inputs  # the IF op tests' inputs
+
     chk = Checker(device, inject)
     ref_if, ref_pool = ops.if_multistep_reference, ops.cumulative_max_pool2d_reference
 
@@ -383,9 +369,9 @@ def section_op_checks(ops: Any, device: str, sizes: Sizes, inject: Sequence[str]
         torch.library.opcheck(op, args)
 
     for per_channel in (False, True):
-        x, v, th = _if_inputs((3, 2, 4, 3, 3), per_channel, device)
+        x, v, th = if_op_inputs((3, 2, 4, 3, 3), per_channel, device)
         chk.run("opcheck", f"if_multistep per_channel={per_channel}", opcheck, IF_OP, x, v, th)
-    x, v, th = _if_inputs((1, 2, 3, 4), True, device)
+    x, v, th = if_op_inputs((1, 2, 3, 4), True, device)
     chk.run("opcheck", "if_multistep expanded", opcheck, IF_OP, x.expand(5, 2, 3, 4), v, th)
     chk.run("opcheck", "if_multistep T=0", opcheck, IF_OP, x[:0], v, th)
     for geometry in (POOL_GEOMETRIES[0], POOL_GEOMETRIES[1]):
@@ -400,13 +386,13 @@ def section_op_checks(ops: Any, device: str, sizes: Sizes, inject: Sequence[str]
         for per_channel in (False, True):
             if per_channel and len(shape) < 3:
                 continue
-            inputs = _if_inputs(shape, per_channel, device)
+            inputs = if_op_inputs(shape, per_channel, device)
             chk.run(group, f"{list(shape)} per_channel={per_channel}", if_case, *inputs)
     for i, (shape, per_channel) in enumerate(_random_if_shapes(sizes.random_cases, seed=18)):
-        inputs = _if_inputs(shape, per_channel, device, seed=100 + i)
+        inputs = if_op_inputs(shape, per_channel, device, seed=100 + i)
         chk.run(group, f"random {list(shape)} per_channel={per_channel}", if_case, *inputs)
     for dtype in (torch.float16, torch.bfloat16):
-        chk.run(group, f"x {dtype}", if_case, *_if_inputs((6, 2, 3, 7), True, device, dtype))
+        chk.run(group, f"x {dtype}", if_case, *if_op_inputs((6, 2, 3, 7), True, device, dtype))
     specials = torch.tensor(
         [0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf"), float("nan"), 1e-38]
     )
@@ -416,7 +402,7 @@ def section_op_checks(ops: Any, device: str, sizes: Sizes, inject: Sequence[str]
     ths = torch.tensor([1.0, 0.0, -1.0, float("inf")], device=device)
     chk.run(group, "special values (nan, inf, -0.0)", if_case, xs, vs, ths)
     for per_channel in (False, True):
-        x, _, th = _if_inputs((8, 4, 3, 6, 10), per_channel, device)
+        x, _, th = if_op_inputs((8, 4, 3, 6, 10), per_channel, device)
         channels_last = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         views = {
             "transposed": x.transpose(3, 4),
@@ -428,18 +414,18 @@ def section_op_checks(ops: Any, device: str, sizes: Sizes, inject: Sequence[str]
         for name, xv in views.items():
             vv = (torch.randn(xv.shape[1:], generator=gen) * 0.3).to(device)
             chk.run(group, f"non-contiguous {name} per_channel={per_channel}", if_case, xv, vv, th)
-        x1, v1, th1 = _if_inputs((1, 3, 4, 5, 7), per_channel, device)
+        x1, v1, th1 = if_op_inputs((1, 3, 4, 5, 7), per_channel, device)
         const = x1[0].unsqueeze(0).expand(20, 3, 4, 5, 7)
         name = f"constant in time (stride 0) per_channel={per_channel}"
         chk.run(group, name, if_case, const, v1, th1)
-    x, v, th = _if_inputs((4, 2, 3, 5), True, device)
+    x, v, th = if_op_inputs((4, 2, 3, 5), True, device)
     chk.run(group, "zero-size T=0", if_case, x[:0], v, th)
     chk.run(group, "zero-size S", if_case, x[:, :0], v[:0], th)
     empty = (torch.zeros(0, device=device), torch.zeros((), device=device), th[:1])
     chk.run(group, "zero-size 1-D", if_case, *empty)
 
     def chunked() -> Optional[str]:
-        x, v, th = _if_inputs((13, 2, 3, 4, 4), True, device)
+        x, v, th = if_op_inputs((13, 2, 3, 4, 4), True, device)
         whole = chk.device_op(IF_OP, x, v, th)
         s1, v1 = chk.device_op(IF_OP, x[:5], v, th)
         s2, v2 = chk.device_op(IF_OP, x[5:], v1, th)
@@ -448,7 +434,7 @@ def section_op_checks(ops: Any, device: str, sizes: Sizes, inject: Sequence[str]
     chk.run(group, "chunks in time = one call", chunked)
     if sizes.large_cases:
         for per_channel in (False, True):
-            inputs = _if_inputs((4, 3, 7, 211, 251), per_channel, device)
+            inputs = if_op_inputs((4, 3, 7, 211, 251), per_channel, device)
             chk.run(
                 group, f"large {[4, 3, 7, 211, 251]} per_channel={per_channel}", if_case, *inputs
             )

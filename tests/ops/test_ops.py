@@ -18,6 +18,7 @@ from ann2snn.ops import (
     if_multistep,
     if_multistep_reference,
 )
+from ann2snn.ops.op_inputs import if_op_inputs
 
 OP = torch.ops.ann2snn.if_multistep.default
 CUDA = torch.cuda.is_available()
@@ -42,22 +43,6 @@ def assert_bit_identical(got: tuple, expected: tuple) -> None:
         assert torch.equal(_bits(g), _bits(e))
 
 
-def _inputs(shape, per_channel: bool, device="cpu", dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    # Multiples of 1/8 make exact ties v == threshold frequent, so >= vs > matters.
-    x = (torch.randint(-4, 9, shape, generator=gen) / 8.0).to(dtype)
-    x = x + 0.01 * torch.randn(shape, generator=gen).to(dtype) * (
-        torch.rand(shape, generator=gen) < 0.5
-    )
-    v = torch.randn(shape[1:], generator=gen) * 0.3
-    if per_channel:
-        threshold = torch.rand(shape[2], generator=gen) + 0.5
-        threshold[0] = 1.0
-    else:
-        threshold = torch.tensor([0.75])
-    return x.to(device), v.to(device), threshold.to(device)
-
-
 def _check_against_reference(x, v, threshold):
     expected = if_multistep_reference(x, v, threshold)
     v_before = v.clone()
@@ -73,12 +58,12 @@ def _check_against_reference(x, v, threshold):
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_opcheck(per_channel):
-    x, v, threshold = _inputs((3, 2, 4, 3, 3), per_channel)
+    x, v, threshold = if_op_inputs((3, 2, 4, 3, 3), per_channel)
     torch.library.opcheck(OP, (x, v, threshold))
 
 
 def test_opcheck_expanded_and_empty():
-    x, v, threshold = _inputs((1, 2, 3, 4), per_channel=True)
+    x, v, threshold = if_op_inputs((1, 2, 3, 4), per_channel=True)
     torch.library.opcheck(OP, (x.expand(5, 2, 3, 4), v, threshold))
     torch.library.opcheck(OP, (x[:0], v, threshold))
 
@@ -107,7 +92,7 @@ def test_reference_matches_definition():
 
 
 def test_python_float_threshold():
-    x, v, _ = _inputs((4, 3, 5), per_channel=False)
+    x, v, _ = if_op_inputs((4, 3, 5), per_channel=False)
     assert_bit_identical(
         if_multistep(x, v, 0.75), if_multistep_reference(x, v, torch.tensor([0.75]))
     )
@@ -135,7 +120,7 @@ def test_kernel_bit_identical(device, shape, per_channel):
         pytest.skip("compiled C++ kernel not in use")
     if per_channel and len(shape) < 3:
         pytest.skip("no channel dimension")
-    _check_against_reference(*_inputs(shape, per_channel, device))
+    _check_against_reference(*if_op_inputs(shape, per_channel, device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -143,7 +128,7 @@ def test_kernel_bit_identical(device, shape, per_channel):
 def test_kernel_low_precision_input(device, dtype):
     if device == "cpu" and not compiled_cpu_available():
         pytest.skip("compiled C++ kernel not in use")
-    spikes, v_out = _check_against_reference(*_inputs((6, 2, 3, 7), True, device, dtype))
+    spikes, v_out = _check_against_reference(*if_op_inputs((6, 2, 3, 7), True, device, dtype))
     assert spikes.dtype == dtype and v_out.dtype == torch.float32
 
 
@@ -154,7 +139,7 @@ def test_kernel_large_output(device):
     if device == "cpu" and not compiled_cpu_available():
         pytest.skip("compiled C++ kernel not in use")
     for per_channel in (False, True):
-        _check_against_reference(*_inputs((4, 3, 7, 211, 251), per_channel, device))
+        _check_against_reference(*if_op_inputs((4, 3, 7, 211, 251), per_channel, device))
 
 
 @needs_compiled_cpu
@@ -162,10 +147,11 @@ def test_cpu_kernel_without_avx2():
     """The SSE2 (streaming) and generic paths, which AVX2 machines otherwise never run."""
     code = """
 import torch
-from tests.ops.test_ops import _check_against_reference, _inputs
+from ann2snn.ops.op_inputs import if_op_inputs
+from tests.ops.test_ops import _check_against_reference
 for shape in [(4, 3, 7, 211, 251), (9, 2, 3, 4, 5), (5, 3, 4, 7, 9), (16, 37, 19, 3)]:
     for per_channel in (False, True):
-        _check_against_reference(*_inputs(shape, per_channel))
+        _check_against_reference(*if_op_inputs(shape, per_channel))
 print("ok")
 """
     result = subprocess.run(
@@ -198,7 +184,7 @@ def test_kernel_special_values(device):
 def test_kernel_non_contiguous_x(device, per_channel):
     if device == "cpu" and not compiled_cpu_available():
         pytest.skip("compiled C++ kernel not in use")
-    x, _, threshold = _inputs((8, 4, 3, 6, 10), per_channel, device)
+    x, _, threshold = if_op_inputs((8, 4, 3, 6, 10), per_channel, device)
     views = {
         "transposed": x.transpose(3, 4),
         "sliced_inner": x[..., 1:8],
@@ -219,7 +205,7 @@ def test_kernel_non_contiguous_x(device, per_channel):
 def test_kernel_expanded_constant_input(device, per_channel):
     if device == "cpu" and not compiled_cpu_available():
         pytest.skip("compiled C++ kernel not in use")
-    x, v, threshold = _inputs((1, 3, 4, 5, 7), per_channel, device)
+    x, v, threshold = if_op_inputs((1, 3, 4, 5, 7), per_channel, device)
     x_const = x[0].unsqueeze(0).expand(20, 3, 4, 5, 7)
     assert x_const.stride(0) == 0
     got = _check_against_reference(x_const, v, threshold)
@@ -231,7 +217,7 @@ def test_kernel_expanded_constant_input(device, per_channel):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_kernel_empty(device):
-    x, v, threshold = _inputs((4, 2, 3, 5), True, device)
+    x, v, threshold = if_op_inputs((4, 2, 3, 5), True, device)
     spikes, v_out = _check_against_reference(x[:0], v, threshold)  # T = 0
     assert spikes.shape == (0, 2, 3, 5) and torch.equal(v_out, v)
     assert v_out.data_ptr() != v.data_ptr()
@@ -256,7 +242,7 @@ def test_scalar_steps(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_chunked_in_time_equals_one_call(device, per_channel):
-    x, v, threshold = _inputs((13, 2, 3, 4, 4), per_channel, device)
+    x, v, threshold = if_op_inputs((13, 2, 3, 4, 4), per_channel, device)
     spikes, v_out = OP(x, v, threshold)
     s1, v1 = OP(x[:5], v, threshold)
     s2, v2 = OP(x[5:], v1, threshold)
