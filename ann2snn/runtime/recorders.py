@@ -91,13 +91,16 @@ class SpikeRecorder:
     def _hook(self, name: str):
         def record(module: IFNeuron, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor):
             out = output.detach()
-            self.spikes[name] += float(out.sum())
             self.neuron_steps[name] += out.numel()
             if self.ranges:
+                # one pass over the spikes: the total follows from the (T times smaller) counts
                 spikes = out.reshape((module.steps, -1) + out.shape[1:]).sum(0)
+                self.spikes[name] += float(spikes.sum())
                 previous = self.counts.get(name)
                 self.counts[name] = spikes if previous is None else previous + spikes
                 self.membranes[name] = module.v
+            else:
+                self.spikes[name] += float(out.sum())
             if not self.per_neuron:
                 return
             # float64 sums: the mean of T float32 inputs is then exact (bins see true values)
