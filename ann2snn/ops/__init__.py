@@ -37,6 +37,8 @@ __all__ = [
     "cumulative_max_pool2d_reference",
     "if_multistep",
     "if_multistep_reference",
+    "if_sweep_errors",
+    "if_sweep_errors_reference",
 ]
 
 _X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -45,6 +47,10 @@ _OP = "ann2snn::if_multistep"
 # Kept at module level: the registrations live as long as this object does.
 _lib = torch.library.Library("ann2snn", "DEF")
 _lib.define("if_multistep(Tensor x, Tensor v, Tensor threshold) -> (Tensor, Tensor)")
+_lib.define(
+    "if_sweep_errors(Tensor z, Tensor target, Tensor threshold, Tensor v0, Tensor gain, "
+    "int[] horizons) -> Tensor"
+)
 _lib.define(
     "cumulative_max_pool2d(Tensor x, Tensor total, Tensor last, int[2] kernel_size, "
     "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> (Tensor, Tensor, Tensor)"
@@ -132,6 +138,99 @@ def _if_multistep_fake(x: Tensor, v: Tensor, threshold: Tensor) -> Tuple[Tensor,
 
 _lib.impl("if_multistep", if_multistep_reference, "CompositeExplicitAutograd")
 torch.library.register_fake(_OP, _if_multistep_fake, lib=_lib)
+
+
+_SWEEP_OP = "ann2snn::if_sweep_errors"
+
+
+def _check_sweep_inputs(
+    z: Tensor, target: Tensor, threshold: Tensor, v0: Tensor, gain: Tensor, horizons
+) -> None:
+    # Same checks and wording as check_inputs in csrc/if_sweep.cpp.
+    if z.dim() < 2:
+        raise ValueError(f"{_SWEEP_OP}: z must be [T, B, ...], got shape {list(z.shape)}")
+    if any(t.dtype != torch.float32 for t in (z, target, threshold, v0, gain)):
+        raise TypeError(f"{_SWEEP_OP}: every tensor must be float32")
+    if target.shape != z.shape[1:]:
+        raise ValueError(
+            f"{_SWEEP_OP}: target must have shape z.shape[1:] = {list(z.shape[1:])}, "
+            f"got {list(target.shape)}"
+        )
+    channels = z.shape[2] if z.dim() > 2 else 1
+    if threshold.dim() != 2 or threshold.shape[1] != channels:
+        raise ValueError(
+            f"{_SWEEP_OP}: threshold must be [K, C] with C = {channels}, got "
+            f"{list(threshold.shape)}"
+        )
+    if v0.shape != threshold.shape or gain.shape != threshold.shape:
+        raise ValueError(
+            f"{_SWEEP_OP}: v0 and gain must have the shape of threshold "
+            f"{list(threshold.shape)}, got {list(v0.shape)} and {list(gain.shape)}"
+        )
+    if not horizons:
+        raise ValueError(f"{_SWEEP_OP}: horizons must not be empty")
+    previous = 0
+    for h in horizons:
+        if not previous < h <= z.shape[0]:
+            raise ValueError(
+                f"{_SWEEP_OP}: horizons must increase strictly within 1..T = {z.shape[0]}, "
+                f"got {list(horizons)}"
+            )
+        previous = h
+
+
+def _per_channel(values: Tensor, like: Tensor) -> Tensor:
+    """``values`` ``[C]`` shaped to broadcast over ``like`` ``[B, C, *S]`` (or ``[B]``)."""
+    if like.dim() < 2:
+        return values.reshape(())
+    return values.reshape([1, -1] + [1] * (like.dim() - 2))
+
+
+def if_sweep_errors_reference(
+    z: Tensor, target: Tensor, threshold: Tensor, v0: Tensor, gain: Tensor, horizons: Sequence[int]
+) -> Tensor:
+    """Pure-torch reference of ``if_sweep_errors``: one :func:`if_multistep_reference` run
+    per candidate, its spike counts compared with ``target`` after every horizon.
+
+    For each candidate ``k`` and channel ``c``, the IF layer (threshold ``threshold[k, c]``,
+    initial potential ``v0[k, c]``) runs on the currents ``z``; after ``h`` steps its rate
+    times ``gain[k, c]`` is compared with ``target``. In float32: ``e = n_h * (gain / h) -
+    target`` (``n_h`` the spike count); the squares ``e * e`` are summed over the batch and
+    the positions in float64, and the result is ``sum_h (h / horizons[0]) * sum(e * e)``.
+
+    Args:
+        z: input currents ``[T, B, C, *S]`` (or ``[T, B]``, one channel), float32.
+        target: the ANN's activations ``[B, C, *S]`` in units of ``gain``, float32.
+        threshold, v0, gain: ``[K, C]`` float32: per candidate and channel, the threshold,
+            the initial membrane potential (absolute) and what one spike is worth.
+        horizons: strictly increasing step counts within ``1..T``.
+
+    Returns:
+        ``[K, C]`` float64 summed squared errors.
+    """
+    _check_sweep_inputs(z, target, threshold, v0, gain, horizons)
+    dims = (0,) + tuple(range(2, target.dim()))
+    first = horizons[0]
+    out = torch.zeros(threshold.shape, dtype=torch.float64, device=z.device)
+    for k in range(threshold.shape[0]):
+        v = _per_channel(v0[k], target).expand(target.shape).contiguous()
+        spikes, _ = if_multistep_reference(z[: horizons[-1]], v, threshold[k])
+        count, done = torch.zeros_like(target), 0
+        for h in horizons:
+            count += spikes[done:h].sum(0)
+            done = h
+            e = count * (_per_channel(gain[k], target) / h) - target
+            out[k] += (h / first) * e.pow(2).double().sum(dims)
+    return out
+
+
+def _if_sweep_errors_fake(z, target, threshold, v0, gain, horizons) -> Tensor:
+    _check_sweep_inputs(z, target, threshold, v0, gain, horizons)
+    return threshold.new_empty(threshold.shape, dtype=torch.float64)
+
+
+_lib.impl("if_sweep_errors", if_sweep_errors_reference, "CompositeExplicitAutograd")
+torch.library.register_fake(_SWEEP_OP, _if_sweep_errors_fake, lib=_lib)
 
 
 _POOL_OP = "ann2snn::cumulative_max_pool2d"
@@ -307,6 +406,29 @@ def if_multistep(x: Tensor, v: Tensor, threshold: Union[Tensor, float]) -> Tuple
         threshold = torch.tensor([float(threshold)], dtype=torch.float32, device=x.device)
     ensure_built()
     return torch.ops.ann2snn.if_multistep(x, v, threshold)
+
+
+def if_sweep_errors(
+    z: Tensor, target: Tensor, threshold: Tensor, v0: Tensor, gain: Tensor, horizons: Sequence[int]
+) -> Tensor:
+    """The squared rate errors of an IF layer under K candidate parameter sets
+    (``torch.ops.ann2snn.if_sweep_errors``; see :func:`if_sweep_errors_reference` for the
+    definition). Layer calibration scores its candidates with it.
+
+    The compiled CPU kernel reads ``z`` once for all candidates and writes no spike train;
+    elsewhere the reference runs. Both sum in float64 and agree to rounding.
+
+    Example:
+        >>> z = torch.full((4, 1), 0.6)  # 4 steps, one neuron, input 0.6
+        >>> one = torch.ones(2, 1)
+        >>> if_sweep_errors(z, torch.full((1,), 0.6), one, torch.tensor([[0.0], [0.5]]), one, [4])
+        tensor([[0.0100],
+                [0.0100]], dtype=torch.float64)
+    """
+    ensure_built()
+    return torch.ops.ann2snn.if_sweep_errors(
+        z, target, threshold, v0, gain, [int(h) for h in horizons]
+    )
 
 
 def backend_info() -> Dict[str, Any]:

@@ -31,7 +31,7 @@ import torch
 
 # The sources sit beside this subpackage, in ann2snn/csrc.
 CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
-CPU_SOURCES = (CSRC_DIR / "if_neuron.cpp", CSRC_DIR / "spiking_pool.cpp")
+CPU_SOURCES = tuple(CSRC_DIR / f for f in ("if_neuron.cpp", "spiking_pool.cpp", "if_sweep.cpp"))
 CUDA_SOURCES = (CSRC_DIR / "if_neuron_cuda.cu", CSRC_DIR / "spiking_pool_cuda.cu")
 BACKEND_ENV = "ANN2SNN_BACKEND"
 BUILD_DIR_ENV = "ANN2SNN_BUILD_DIR"

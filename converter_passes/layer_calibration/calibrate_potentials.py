@@ -53,10 +53,11 @@ class PotentialCalibration:
 
     def calibrate(self, gm: fx.GraphModule, node: fx.Node, layer: LayerData) -> None:
         threshold, gain = layer.threshold(), layer.gain()
-        ones = torch.ones(layer.channels)
-        errors = torch.stack(
-            [layer.squared_errors(threshold, ones * v, gain) for v in self.candidates]
-        )
+        k = len(self.candidates)
+        v_init = self.candidates.float()[:, None].expand(k, layer.channels)
+        errors = layer.candidate_errors(
+            threshold.expand(k, -1), v_init, gain.expand(k, -1)
+        )  # fmt: skip
         default = float(layer.neuron.v_init)
         v_init = best_candidate(errors, self.candidates.double(), default).float()
         self.chosen[node.name] = v_init

@@ -29,7 +29,7 @@ from torch import fx
 from ann2snn._checks import positive_int
 from ann2snn.calibration import iter_inputs
 from ann2snn.config import ConversionConfig, check_horizons
-from ann2snn.ops import if_multistep
+from ann2snn.ops import if_sweep_errors
 from ann2snn.runtime.neuron import IFNeuron, _channel_view
 from ann2snn.runtime.temporal import reset_state, set_steps, temporal_modules
 from ann2snn.tracing import is_module
@@ -116,29 +116,37 @@ class LayerData:
     def squared_errors(
         self, threshold: torch.Tensor, v_init: torch.Tensor, gain: torch.Tensor
     ) -> torch.Tensor:
-        """Per channel, the summed squared error of the rate (times ``gain``) vs the ANN.
+        """Per channel, the summed squared error of the rate (times ``gain``) vs the ANN:
+        :meth:`candidate_errors` for one candidate."""
+        return self.candidate_errors(threshold[None], v_init[None], gain[None])[0]
 
-        Simulates the layer for every calibration batch with per-channel ``threshold`` and
-        initial potential ``v_init`` (fractions), over :attr:`timesteps` steps, and sums
-        the errors of the rates after each of :attr:`horizons` steps. A rate's error
-        shrinks about as ``1/h`` with the horizon ``h``, its square as ``1/h**2``; each
-        square is weighted by ``h / horizons[0]``, so the shortest horizon (the target)
-        counts most and the longer ones still outvote choices that only pay off there.
+    def candidate_errors(
+        self, threshold: torch.Tensor, v_init: torch.Tensor, gain: torch.Tensor
+    ) -> torch.Tensor:
+        """Per candidate and channel, the summed squared error of the rate (times ``gain``)
+        vs the ANN.
+
+        Simulates the layer for every calibration batch with, for each of K candidates,
+        per-channel ``threshold`` and initial potential ``v_init`` (fractions of it), all
+        ``[K, C]``, over :attr:`timesteps` steps, and sums the errors of the rates after
+        each of :attr:`horizons` steps. A rate's error shrinks about as ``1/h`` with the
+        horizon ``h``, its square as ``1/h**2``; each square is weighted by
+        ``h / horizons[0]``, so the shortest horizon (the target) counts most and the
+        longer ones still outvote choices that only pay off there. One
+        :func:`~ann2snn.ops.if_sweep_errors` call per batch scores all K candidates.
+
+        Returns:
+            ``[K, C]`` float64.
         """
-        total = torch.zeros(self.channels, dtype=torch.float64)
-        th = threshold.float().contiguous()
-        first = self.horizons[0]
+        th = threshold.float()
+        v0 = v_init.float() * th  # the initial potentials, absolute
+        g = gain.float()
+        total = torch.zeros(th.shape, dtype=torch.float64)
         for z, a in zip(self.currents, self.targets):
-            v0 = (_channel_view(v_init.float(), z[0]) * _channel_view(th, z[0])).expand(z.shape[1:])
-            spikes, _ = if_multistep(z, v0.contiguous(), th.to(z.device))
-            g = _channel_view(gain.to(z.device), a)
-            dims = (0,) + tuple(range(2, a.dim()))
-            count, done = torch.zeros_like(a), 0
-            for h in self.horizons:  # sorted: each step's spikes are summed once
-                count += spikes[done:h].sum(0)
-                done = h
-                err = count * (g / h) - a
-                total += (h / first) * err.pow(2).sum(dims).double().cpu()
+            dev = z.device
+            total += if_sweep_errors(
+                z, a, th.to(dev), v0.to(dev), g.to(dev), self.horizons
+            ).cpu()
         return total
 
 

@@ -95,13 +95,10 @@ class ThresholdSearch:
 
     def calibrate(self, gm: fx.GraphModule, node: fx.Node, layer: LayerData) -> None:
         threshold, gain, v_init = layer.threshold(), layer.gain(), layer.v_init()
-        errors = torch.stack(
-            [
-                layer.squared_errors(threshold * f, v_init, gain * f)
-                + self.long_run_weight * layer.clipping_errors(gain * f)
-                for f in self.candidates
-            ]
-        )
+        factors = self.candidates.float()[:, None]  # [K, 1]
+        errors = layer.candidate_errors(
+            threshold * factors, v_init.expand(len(factors), -1), gain * factors
+        ) + self.long_run_weight * torch.stack([layer.clipping_errors(gain * f) for f in factors])
         if not self.per_channel:
             errors = errors.sum(1, keepdim=True)
         factor = best_candidate(errors, self.candidates.double(), 1.0).float()
