@@ -18,6 +18,7 @@ __all__ = [
     "fmnist_avgpool_cnn",
     "fmnist_maxpool_cnn",
     "fmnist_resnet",
+    "fmnist_resnet20",
     "mnist_cnn",
 ]
 
@@ -151,22 +152,33 @@ class BasicBlock(nn.Module):
         return F.relu(out)
 
 
-class FashionResNet(nn.Module):
-    """A small ResNet for 28x28 grey images.
+def _stage(in_channels: int, out_channels: int, stride: int, blocks: int) -> nn.Module:
+    """``blocks`` basic blocks, the first one strided (one block: the block itself)."""
+    first = BasicBlock(in_channels, out_channels, stride=stride)
+    if blocks == 1:
+        return first
+    rest = [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    return nn.Sequential(first, *rest)
 
-    Stem ``conv3x3(1, w)-BN-relu``, three stages of one :class:`BasicBlock` each with
-    widths ``w, 2w, 4w`` and strides ``1, 2, 2`` (28 -> 28 -> 14 -> 7), global average
-    pooling, ``Linear(4w, num_classes)``.
+
+class FashionResNet(nn.Module):
+    """A ResNet for 28x28 grey images in He et al.'s CIFAR layout.
+
+    Stem ``conv3x3(1, w)-BN-relu``, three stages of ``blocks`` :class:`BasicBlock` each
+    with widths ``w, 2w, 4w`` (the first block of a stage has stride ``1, 2, 2``: 28 -> 28
+    -> 14 -> 7, and a projection shortcut where the shape changes), global average
+    pooling, ``Linear(4w, num_classes)``. ``blocks=3`` is ResNet-20 (19 ReLUs).
     """
 
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+    def __init__(self, width: int = 16, num_classes: int = 10, blocks: int = 1) -> None:
         super().__init__()
         _check_width(width)
+        _check_width(blocks)
         self.conv1 = nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.layer1 = BasicBlock(width, width, stride=1)
-        self.layer2 = BasicBlock(width, 2 * width, stride=2)
-        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)
+        self.layer1 = _stage(width, width, 1, blocks)
+        self.layer2 = _stage(width, 2 * width, 2, blocks)
+        self.layer3 = _stage(2 * width, 4 * width, 2, blocks)
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,3 +203,19 @@ def fmnist_resnet(width: int = 16) -> FashionResNet:
         ValueError: On a non-positive width.
     """
     return FashionResNet(width=width)
+
+
+def fmnist_resnet20(width: int = 16) -> FashionResNet:
+    """ResNet-20 (He et al.'s CIFAR layout: three stages of three basic blocks, 19 ReLUs,
+    projection shortcuts) for Fashion-MNIST; see :class:`FashionResNet`.
+
+    Args:
+        width: Channels of the first stage; later stages use 2x and 4x.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width.
+    """
+    return FashionResNet(width=width, blocks=3)

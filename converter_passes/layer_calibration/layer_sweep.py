@@ -144,9 +144,7 @@ class LayerData:
         total = torch.zeros(th.shape, dtype=torch.float64)
         for z, a in zip(self.currents, self.targets):
             dev = z.device
-            total += if_sweep_errors(
-                z, a, th.to(dev), v0.to(dev), g.to(dev), self.horizons
-            ).cpu()
+            total += if_sweep_errors(z, a, th.to(dev), v0.to(dev), g.to(dev), self.horizons).cpu()
         return total
 
 
