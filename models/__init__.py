@@ -3,7 +3,8 @@
 Example:
     >>> from ann2snn.models import MODELS, load_pretrained, pretrained_info
     >>> sorted(MODELS)
-    ['fmnist_avgpool_cnn', 'fmnist_maxpool_cnn', 'fmnist_resnet', 'mnist_cnn']
+    ['fmnist_avgpool_cnn', 'fmnist_maxpool_cnn', 'fmnist_resnet', 'fmnist_resnet20',
+     'fmnist_vgg16', 'mnist_cnn']
     >>> net = load_pretrained("mnist_cnn")  # float32, eval mode
     >>> pretrained_info("mnist_cnn")["dataset"]
     'mnist'
@@ -36,6 +37,8 @@ from ann2snn.models.nets import (
     fmnist_avgpool_cnn,
     fmnist_maxpool_cnn,
     fmnist_resnet,
+    fmnist_resnet20,
+    fmnist_vgg16,
     mnist_cnn,
 )
 
@@ -49,6 +52,8 @@ __all__ = [
     "fmnist_avgpool_cnn",
     "fmnist_maxpool_cnn",
     "fmnist_resnet",
+    "fmnist_resnet20",
+    "fmnist_vgg16",
     "get_model",
     "load_checkpoint",
     "load_pretrained",
@@ -63,6 +68,8 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "fmnist_maxpool_cnn": fmnist_maxpool_cnn,
     "fmnist_avgpool_cnn": fmnist_avgpool_cnn,
     "fmnist_resnet": fmnist_resnet,
+    "fmnist_resnet20": fmnist_resnet20,
+    "fmnist_vgg16": fmnist_vgg16,
 }
 
 #: Model name -> the dataset its bundled checkpoint was trained on.
@@ -71,6 +78,8 @@ MODEL_DATASETS: Dict[str, str] = {
     "fmnist_maxpool_cnn": "fashion-mnist",
     "fmnist_avgpool_cnn": "fashion-mnist",
     "fmnist_resnet": "fashion-mnist",
+    "fmnist_resnet20": "fashion-mnist",
+    "fmnist_vgg16": "fashion-mnist",
 }
 
 #: Folder holding the bundled checkpoints.

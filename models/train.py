@@ -75,6 +75,24 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         # oneDNN's NCHW convolution backward is ~5x slower here for 16-64 channels.
         "channels_last": True,
     },
+    "fmnist_resnet20": {
+        "kwargs": {"width": 16},
+        "epochs": 8,
+        "lr": 4e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        "channels_last": True,
+    },
+    "fmnist_vgg16": {
+        "kwargs": {"width": 12},
+        "epochs": 8,
+        "lr": 3e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        "channels_last": True,
+    },
 }
 
 

@@ -17,7 +17,8 @@
 // K passes over z and K spike trains written and read. Here each task owns whole channels
 // and, per (sample, channel) plane, runs every candidate while the plane's T x S inputs
 // stay in cache: z is read from memory once. Sums run in a fixed order (channel by channel,
-// sample by sample), so the result does not depend on the thread count.
+// sample by sample), so the result does not depend on the thread count. The inner loop is
+// also compiled for AVX2 where GCC can pick the variant at load time (same results).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -56,6 +57,41 @@ void check_inputs(const at::Tensor& z, const at::Tensor& a, const at::Tensor& th
   }
 }
 
+// One candidate on one (sample, channel) plane: adds its squared errors after each horizon
+// to out[0..H). Compiled for AVX2 as well where the compiler can dispatch at load time (the
+// same float operations on wider registers: results are identical).
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void sweep_plane(const float* zb, int64_t step, const float* ab, int64_t plane,
+                 const int64_t* hs, int64_t H, float theta, float start, float g, float* v,
+                 float* n, double* out) {
+  for (int64_t s = 0; s < plane; ++s) {
+    v[s] = start;
+    n[s] = 0.0f;
+  }
+  int64_t next = 0;
+  for (int64_t t = 0; next < H; ++t) {
+    const float* zt = zb + t * step;
+    for (int64_t s = 0; s < plane; ++s) {
+      const float u = v[s] + zt[s];
+      const float spike = u >= theta ? 1.0f : 0.0f;
+      v[s] = u - spike * theta;
+      n[s] = n[s] + spike;
+    }
+    if (t + 1 == hs[next]) {
+      const float per_spike = g / static_cast<float>(hs[next]);
+      double total = 0.0;
+      for (int64_t s = 0; s < plane; ++s) {
+        const float e = n[s] * per_spike - ab[s];
+        total += static_cast<double>(e * e);
+      }
+      out[next] += total;
+      ++next;
+    }
+  }
+}
+
 at::Tensor if_sweep_errors_cpu(const at::Tensor& z_in, const at::Tensor& a_in,
                                const at::Tensor& threshold_in, const at::Tensor& v0_in,
                                const at::Tensor& gain_in, at::IntArrayRef horizons) {
@@ -71,7 +107,6 @@ at::Tensor if_sweep_errors_cpu(const at::Tensor& z_in, const at::Tensor& a_in,
   const int64_t H = static_cast<int64_t>(horizons.size());
   const int64_t plane = (B * C) > 0 ? a.numel() / (B * C) : 0;  // S: elements per plane
   const int64_t step = a.numel();                                 // z's time stride
-  const int64_t steps = horizons[H - 1];
   std::vector<int64_t> hs(horizons.begin(), horizons.end());
 
   // per (k, c, h), summed over samples; each channel is written by one task only
@@ -89,34 +124,8 @@ at::Tensor if_sweep_errors_cpu(const at::Tensor& z_in, const at::Tensor& a_in,
         const float* zb = zp + (b * C + c) * plane;
         const float* ab = ap + (b * C + c) * plane;
         for (int64_t k = 0; k < K; ++k) {
-          const float theta = thp[k * C + c];
-          const float start = v0p[k * C + c];
-          const float g = gp[k * C + c];
-          double* out = sums.data() + (k * C + c) * H;
-          for (int64_t s = 0; s < plane; ++s) {
-            v[s] = start;
-            n[s] = 0.0f;
-          }
-          int64_t next = 0;
-          for (int64_t t = 0; t < steps; ++t) {
-            const float* zt = zb + t * step;
-            for (int64_t s = 0; s < plane; ++s) {
-              const float u = v[s] + zt[s];
-              const float spike = u >= theta ? 1.0f : 0.0f;
-              v[s] = u - spike * theta;
-              n[s] = n[s] + spike;
-            }
-            if (t + 1 == hs[next]) {
-              const float per_spike = g / static_cast<float>(hs[next]);
-              double total = 0.0;
-              for (int64_t s = 0; s < plane; ++s) {
-                const float e = n[s] * per_spike - ab[s];
-                total += static_cast<double>(e * e);
-              }
-              out[next] += total;
-              ++next;
-            }
-          }
+          sweep_plane(zb, step, ab, plane, hs.data(), H, thp[k * C + c], v0p[k * C + c],
+                      gp[k * C + c], v.data(), n.data(), sums.data() + (k * C + c) * H);
         }
       }
     }

@@ -27,6 +27,8 @@ TARGETS = {
     "fmnist_maxpool_cnn": 91.5,
     "fmnist_avgpool_cnn": 91.0,
     "fmnist_resnet": 91.0,
+    "fmnist_resnet20": 92.5,
+    "fmnist_vgg16": 92.5,
 }
 
 
@@ -82,6 +84,36 @@ def test_architectures_have_the_features_conversion_must_handle() -> None:
     assert not any(isinstance(m, nn.ReLU) for m in resnet.modules())
     assert resnet.layer1.downsample is None
     assert resnet.layer2.downsample is not None and resnet.layer3.downsample is not None
+
+
+def _if_layers(model: nn.Module) -> int:
+    import ann2snn
+    from ann2snn.runtime.neuron import IFNeuron
+
+    snn = ann2snn.convert(model.eval(), calib_data=[torch.rand(8, 1, 28, 28)])
+    return sum(isinstance(m, IFNeuron) for m in snn.graph_module.modules())
+
+
+def test_deep_reference_networks() -> None:
+    # ResNet-20: 3 stages of 3 blocks, projection shortcuts at the two strided stages only.
+    resnet20 = get_model("fmnist_resnet20")
+    assert [len(stage) for stage in (resnet20.layer1, resnet20.layer2, resnet20.layer3)] == [3] * 3
+    shortcuts = [b.downsample is not None for s in (resnet20.layer1, resnet20.layer2,
+                 resnet20.layer3) for b in s]  # fmt: skip
+    assert shortcuts == [False] * 3 + [True, False, False] * 2
+    assert _if_layers(resnet20) == 19
+    vgg = get_model("fmnist_vgg16")
+    assert sum(isinstance(m, nn.Conv2d) for m in vgg) == 13
+    assert sum(isinstance(m, nn.Linear) for m in vgg) == 3
+    assert sum(isinstance(m, nn.AvgPool2d) for m in vgg) == 5
+    assert _if_layers(vgg) == 15
+    vgg_max = get_model("fmnist_vgg16", pool="max", width=4)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg_max) == 5
+    assert vgg_max(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="pool"):
+        get_model("fmnist_vgg16", pool="min")
+    with pytest.raises(ValueError, match="width"):
+        get_model("fmnist_resnet20", width=0)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
