@@ -200,7 +200,7 @@ class ConversionConfig:
         },
     )
     sweep_samples: int = _option(
-        512,
+        256,
         "calibration images simulated by ``threshold_search`` and ``potential_calibration`` "
         "(the first ones of ``calib_data``).",
         {"kind": "none"},
