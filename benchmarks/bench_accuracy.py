@@ -119,9 +119,33 @@ def _functional_as_modules(model: nn.Module) -> nn.Module:
             new = gm.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
+    _fold_zero_pad_into_conv(gm)
     gm.graph.lint()
     gm.recompile()
     return gm.eval()
+
+
+def _fold_zero_pad_into_conv(gm: fx.GraphModule) -> None:
+    """``ZeroPad2d(p)`` read only by a zero-padded ``Conv2d``: the convolution pads by ``p``
+    more instead (the same function; SpikingJelly's step-mode adapter refuses ZeroPad2d)."""
+    for node in list(gm.graph.nodes):
+        pad = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(pad, nn.ZeroPad2d) or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        conv = gm.get_submodule(str(user.target)) if user.op == "call_module" else None
+        left, right, top, bottom = pad.padding
+        if (
+            not isinstance(conv, nn.Conv2d)
+            or conv.padding_mode != "zeros"
+            or not isinstance(conv.padding, tuple)
+            or left != right
+            or top != bottom
+        ):
+            continue
+        conv.padding = (conv.padding[0] + top, conv.padding[1] + left)
+        user.replace_input_with(node, node.args[0])
+        gm.graph.erase_node(node)
 
 
 def _spikingjelly(name: str, ann: nn.Module, calib: List[torch.Tensor]) -> nn.Module:

@@ -1,10 +1,12 @@
-"""Conversion time versus one plain ANN pass over the calibration images (issue 2).
+"""Conversion time versus one plain ANN pass over the calibration images.
 
 Prints, from one run, the wall time of ``ann2snn.convert`` (tracing, all passes and
 calibration on N images) and of one plain ANN forward pass over the same N images, and
-their ratio (goal: at most 3x).
+their ratio (goals: at most 3x for the small bundled networks, at most 5x for the deep
+ones, ``fmnist_resnet20`` and ``fmnist_vgg16``).
 
     python benchmarks/bench_convert.py [--model fmnist_avgpool_cnn] [--images 2000]
+    python benchmarks/bench_convert.py --model fmnist_resnet20
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from torch.utils.data import DataLoader, Subset
 import ann2snn
 from ann2snn.data.datasets import load_dataset
 from ann2snn.models import MODEL_DATASETS, get_model, load_pretrained
+
+#: The deep reference networks (issue 19), whose goal is 5x.
+DEEP = ("fmnist_resnet20", "fmnist_vgg16")
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -61,7 +66,8 @@ def main() -> None:
     )
     print(f"one ANN pass over the images : {ann_t * 1000:8.1f} ms")
     print(f"convert (trace+passes+calib) : {conv_t * 1000:8.1f} ms")
-    print(f"ratio convert / ANN pass     : {conv_t / ann_t:8.2f}x  (goal <= 3x)")
+    goal = 5 if args.model in DEEP else 3
+    print(f"ratio convert / ANN pass     : {conv_t / ann_t:8.2f}x  (goal <= {goal}x)")
 
 
 if __name__ == "__main__":

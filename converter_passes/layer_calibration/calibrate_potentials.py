@@ -55,9 +55,7 @@ class PotentialCalibration:
         threshold, gain = layer.threshold(), layer.gain()
         k = len(self.candidates)
         v_init = self.candidates.float()[:, None].expand(k, layer.channels)
-        errors = layer.candidate_errors(
-            threshold.expand(k, -1), v_init, gain.expand(k, -1)
-        )  # fmt: skip
+        errors = layer.candidate_errors(threshold.expand(k, -1), v_init, gain.expand(k, -1))
         default = float(layer.neuron.v_init)
         v_init = best_candidate(errors, self.candidates.double(), default).float()
         self.chosen[node.name] = v_init
