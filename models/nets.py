@@ -174,7 +174,8 @@ class FashionResNet(nn.Module):
     def __init__(self, width: int = 16, num_classes: int = 10, blocks: int = 1) -> None:
         super().__init__()
         _check_width(width)
-        _check_width(blocks)
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks <= 0:
+            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
         self.conv1 = nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.layer1 = _stage(width, width, 1, blocks)

@@ -114,6 +114,8 @@ def test_deep_reference_networks() -> None:
         get_model("fmnist_vgg16", pool="min")
     with pytest.raises(ValueError, match="width"):
         get_model("fmnist_resnet20", width=0)
+    with pytest.raises(ValueError, match="blocks"):
+        models.FashionResNet(blocks=0)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
