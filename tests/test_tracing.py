@@ -69,6 +69,9 @@ def test_ctrl_c_in_a_lazy_torch_import_reaches_the_caller() -> None:
 
     script = """
 import os, signal, sys
+# Python keeps SIGINT ignored when it starts ignored, as under a background job (`cmd &`
+# in a script), and then this test's SIGINT would never be delivered.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 from torch import nn
 import ann2snn
