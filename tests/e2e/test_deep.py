@@ -23,12 +23,10 @@ def test_deep_network_converges_to_its_ann(name, fmnist_train, fmnist_test):
     neurons = [m for m in snn.graph_module.modules() if isinstance(m, IFNeuron)]
     assert len(neurons) == DEEP[name]
     assert all(m.v_init_channels is not None for m in neurons)  # potential calibration ran
-    curve = ann2snn.evaluate(snn, loader(fmnist_test, 500), timesteps=[8, 32, 64])
+    curve = ann2snn.evaluate(snn, loader(fmnist_test, 500), timesteps=[8, 32])
     acc, ann = curve.accuracy, curve.ann_accuracy
     assert ann >= 90.0, curve.table()
     # Measured on these 500 images (calibration: the first 1,000 training images):
-    # ResNet-20 89.8 / 94.0 / 93.6 and VGG-16 82.0 / 93.8 / 94.0 at T=8 / 32 / 64, ANN
-    # 93.8 and 93.6.
+    # ResNet-20 89.8 / 94.0 and VGG-16 82.0 / 93.8 at T=8 / 32, ANN 93.8 and 93.6.
     assert acc[8] >= ann - 15.0, curve.table()
-    assert acc[32] >= ann - 2.0, curve.table()
-    assert acc[64] >= ann - 1.0, curve.table()
+    assert acc[32] >= ann - 1.0, curve.table()
