@@ -199,6 +199,12 @@ class BenchData(NamedTuple):
     test: DataLoader
 
 
+def seeded_order(n: int) -> List[int]:
+    """The fixed random order of the ``n`` training images that calibration sets (and
+    ``bench_validation.py``'s validation set) are drawn from."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+
+
 def load_bench_data(
     spec: str,
     dataset: Optional[str],
@@ -220,8 +226,7 @@ def load_bench_data(
         raise ValueError(f"{spec}: say which dataset it was trained on (--dataset)")
     train = load_dataset(ds, "train")
     test = load_dataset(ds, "test", limit=test_limit)
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calib_set = Subset(train, perm[:calib_size].tolist())
+    calib_set = Subset(train, seeded_order(len(train))[:calib_size])
     return BenchData(
         ann,
         name,

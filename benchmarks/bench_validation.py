@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import warnings
 
@@ -26,7 +27,9 @@ from torch.utils.data import DataLoader, Subset
 
 import ann2snn
 from ann2snn.data.datasets import load_dataset
-from ann2snn.models import checkpoint_path, load_checkpoint, model_from_checkpoint
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_accuracy import _model, seeded_order  # noqa: E402
 
 
 def main() -> None:
@@ -42,11 +45,11 @@ def main() -> None:
     warnings.simplefilter("ignore")  # range warnings: the numbers are what is compared
     configs = json.loads(args.configs)
     ts = [int(t) for t in args.timesteps.split(",")]
-    path = args.model if os.path.exists(args.model) else str(checkpoint_path(args.model))
-    ckpt = load_checkpoint(path)
-    ann = model_from_checkpoint(ckpt)
-    train = load_dataset(ckpt["dataset"], "train")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+    ann, _, dataset = _model(args.model)
+    if dataset is None:
+        raise SystemExit(f"{args.model}: not a bundled model or training checkpoint")
+    train = load_dataset(dataset, "train")
+    perm = seeded_order(len(train))
     calib = [x for x, _ in DataLoader(Subset(train, perm[: args.calib]), batch_size=200)]
     val = DataLoader(Subset(train, perm[args.calib : args.calib + args.val]), batch_size=500)
     ann2snn.convert(ann, calib_data=calib[:1], sweep_samples=16)  # warm-up: kernel build

@@ -24,9 +24,9 @@ __all__ = [
 ]
 
 
-def _check_width(width: int) -> None:
+def _check_width(width: int, name: str = "width") -> None:
     if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ValueError(f"width must be a positive int, got {width!r}")
+        raise ValueError(f"{name} must be a positive int, got {width!r}")
 
 
 def mnist_cnn(width: int = 32, padding: int = 0) -> nn.Sequential:
@@ -174,8 +174,7 @@ class FashionResNet(nn.Module):
     def __init__(self, width: int = 16, num_classes: int = 10, blocks: int = 1) -> None:
         super().__init__()
         _check_width(width)
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks <= 0:
-            raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+        _check_width(blocks, "blocks")
         self.conv1 = nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.layer1 = _stage(width, width, 1, blocks)
