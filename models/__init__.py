@@ -3,8 +3,8 @@
 Example:
     >>> from ann2snn.models import MODELS, load_pretrained, pretrained_info
     >>> sorted(MODELS)
-    ['fmnist_avgpool_cnn', 'fmnist_maxpool_cnn', 'fmnist_resnet', 'fmnist_resnet20',
-     'fmnist_vgg16', 'mnist_cnn']
+    ['fmnist_avgpool_cnn', 'fmnist_cnn128', 'fmnist_maxpool_cnn', 'fmnist_resnet',
+     'fmnist_resnet20', 'fmnist_vgg16', 'mnist_cnn', 'mnist_mlp']
     >>> net = load_pretrained("mnist_cnn")  # float32, eval mode
     >>> pretrained_info("mnist_cnn")["dataset"]
     'mnist'
@@ -35,21 +35,25 @@ from ann2snn.models.nets import (
     BasicBlock,
     FashionResNet,
     fmnist_avgpool_cnn,
+    fmnist_cnn128,
     fmnist_maxpool_cnn,
     fmnist_resnet,
     fmnist_resnet20,
     fmnist_vgg16,
     mnist_cnn,
+    mnist_mlp,
 )
 
 __all__ = [
     "CHECKPOINT_DIR",
     "MODELS",
     "MODEL_DATASETS",
+    "UNBUNDLED",
     "BasicBlock",
     "FashionResNet",
     "checkpoint_path",
     "fmnist_avgpool_cnn",
+    "fmnist_cnn128",
     "fmnist_maxpool_cnn",
     "fmnist_resnet",
     "fmnist_resnet20",
@@ -58,6 +62,7 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "mnist_cnn",
+    "mnist_mlp",
     "model_from_checkpoint",
     "pretrained_info",
 ]
@@ -70,6 +75,8 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "fmnist_resnet": fmnist_resnet,
     "fmnist_resnet20": fmnist_resnet20,
     "fmnist_vgg16": fmnist_vgg16,
+    "fmnist_cnn128": fmnist_cnn128,
+    "mnist_mlp": mnist_mlp,
 }
 
 #: Model name -> the dataset its bundled checkpoint was trained on.
@@ -80,7 +87,13 @@ MODEL_DATASETS: Dict[str, str] = {
     "fmnist_resnet": "fashion-mnist",
     "fmnist_resnet20": "fashion-mnist",
     "fmnist_vgg16": "fashion-mnist",
+    "fmnist_cnn128": "fashion-mnist",
+    "mnist_mlp": "mnist",
 }
+
+#: Models whose checkpoints are too large to ship (13.0 M parameters): ``python -m
+#: ann2snn.models.train --model NAME`` writes them to the same path, float32, any size.
+UNBUNDLED = frozenset({"fmnist_cnn128"})
 
 #: Folder holding the bundled checkpoints.
 CHECKPOINT_DIR = pathlib.Path(__file__).resolve().parent / "checkpoints"

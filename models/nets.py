@@ -16,11 +16,13 @@ __all__ = [
     "BasicBlock",
     "FashionResNet",
     "fmnist_avgpool_cnn",
+    "fmnist_cnn128",
     "fmnist_maxpool_cnn",
     "fmnist_resnet",
     "fmnist_resnet20",
     "fmnist_vgg16",
     "mnist_cnn",
+    "mnist_mlp",
 ]
 
 
@@ -120,6 +122,60 @@ def fmnist_avgpool_cnn(width: int = 24, dropout: float = 0.25) -> nn.Sequential:
         ValueError: On a non-positive width or a dropout outside [0, 1).
     """
     return _fmnist_cnn(width, nn.AvgPool2d, dropout)
+
+
+def fmnist_cnn128(width: int = 128, dropout: float = 0.5) -> nn.Sequential:
+    """SpikingJelly's Fashion-MNIST convolutional SNN tutorial network at its full size,
+    as an ANN: :func:`fmnist_maxpool_cnn` with ``width=128``.
+
+    ``Conv(1,128,3,pad 1,no bias)-BN-ReLU-MaxPool(2) -> Conv(128,128,...)-BN-ReLU-
+    MaxPool(2) -> Flatten -> Dropout -> Linear(6272, 2048, no bias)-ReLU ->
+    Linear(2048, 10, no bias)``: ReLU where the tutorial has IF, and the tutorial's last IF
+    layer becomes the output layer. 13.0 M parameters, too many to bundle: ``python -m
+    ann2snn.models.train --model fmnist_cnn128`` trains it (``benchmarks/bench_seeds.py``
+    does so with a fixed seed).
+
+    Args:
+        width: Channels of both convolutions (the tutorial's 128).
+        dropout: Dropout probability before the first Linear (training only).
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width or a dropout outside [0, 1).
+    """
+    return _fmnist_cnn(width, nn.MaxPool2d, dropout)
+
+
+def mnist_mlp(hidden: int = 512, depth: int = 2, dropout: float = 0.2) -> nn.Sequential:
+    """The dense network of lava-dl's MNIST bootstrap tutorial, as an ANN.
+
+    ``Flatten -> [Linear(., hidden)-ReLU-Dropout] x depth -> Linear(hidden, 10)``; the
+    defaults give 784-512-512-10 (669,706 parameters).
+
+    Args:
+        hidden: Units of every hidden layer.
+        depth: Number of hidden layers.
+        dropout: Dropout probability after every hidden ReLU (training only).
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive size or a dropout outside [0, 1).
+    """
+    _check_width(hidden, "hidden")
+    _check_width(depth, "depth")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    size = 28 * 28
+    for _ in range(depth):
+        layers += [nn.Linear(size, hidden), nn.ReLU(), nn.Dropout(dropout)]
+        size = hidden
+    layers.append(nn.Linear(size, 10))
+    return nn.Sequential(*layers)
 
 
 class BasicBlock(nn.Module):

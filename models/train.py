@@ -29,9 +29,27 @@ from torch import nn
 from tqdm import tqdm
 
 from ann2snn.data.datasets import load_dataset
-from ann2snn.models import MODEL_DATASETS, MODELS, checkpoint_path, get_model, model_from_checkpoint
+from ann2snn.models import (
+    MODEL_DATASETS,
+    MODELS,
+    UNBUNDLED,
+    checkpoint_path,
+    get_model,
+    model_from_checkpoint,
+)
 
-__all__ = ["MAX_CHECKPOINT_BYTES", "RECIPES", "evaluate", "main", "save_checkpoint", "train_model"]
+__all__ = [
+    "AUGMENTATIONS",
+    "AugmentedBatches",
+    "MAX_CHECKPOINT_BYTES",
+    "RECIPES",
+    "VALIDATION_SEED",
+    "evaluate",
+    "main",
+    "save_checkpoint",
+    "train_model",
+    "validation_split",
+]
 
 #: Largest checkpoint file we bundle.
 MAX_CHECKPOINT_BYTES = 1_500_000
@@ -93,7 +111,53 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         "augment": "hflip",
         "channels_last": True,
     },
+    # The two networks of the direct-training tutorials (issue 16, docs/seeds.md). Both
+    # hold out 5,000 training images for validation: every choice of these recipes was
+    # made on them, never on the test set.
+    "fmnist_cnn128": {
+        "kwargs": {"width": 128, "dropout": 0.5},
+        "epochs": 8,
+        "lr": 1e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip+shift",
+        "label_smoothing": 0.1,
+        "val_images": 5000,
+        "channels_last": True,
+    },
+    "mnist_mlp": {
+        "kwargs": {"hidden": 512, "depth": 2, "dropout": 0.2},
+        "epochs": 100,
+        "lr": 1e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "affine",
+        "label_smoothing": 0.1,
+        "val_images": 5000,
+        "channels_last": False,
+    },
 }
+
+#: Images held out of the training set for validation are drawn by this fixed seed,
+#: independent of the training seed, so every recipe and benchmark sees the same split.
+VALIDATION_SEED = 20261205
+
+
+def validation_split(count: int, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, validation)`` of a training set of ``count`` images, with
+    ``holdout`` images drawn (by :data:`VALIDATION_SEED`) for validation.
+
+    Args:
+        count: Images in the training set.
+        holdout: Images to hold out (0: none).
+
+    Returns:
+        Two sorted index tensors that partition ``range(count)``.
+    """
+    if not 0 <= holdout < count:
+        raise ValueError(f"cannot hold out {holdout} of {count} training images")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[holdout:].sort().values, order[:holdout].sort().values
 
 
 @torch.no_grad()
@@ -124,13 +188,125 @@ def evaluate(
     return accuracy(model, DataLoader(test, batch_size=batch_size))
 
 
+#: Augmentations a recipe may combine with ``+`` (e.g. ``"hflip+shift"``).
+AUGMENTATIONS = ("none", "hflip", "shift", "affine", "elastic")
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    if kind == "none":
-        return x
-    if kind == "hflip":
-        flip = torch.rand(x.shape[0], generator=gen) < 0.5
-        return torch.where(flip[:, None, None, None], x.flip(3), x)
-    raise ValueError(f"unknown augmentation {kind!r}; expected 'none' or 'hflip'")
+    """Random training augmentation of a batch ``[N, 1, H, W]``, drawn from ``gen``.
+
+    ``hflip``: mirror half the images; ``shift``: translate each image by a whole number
+    of pixels in [-2, 2] along each axis (zero fill); ``affine``: rotate by up to 10
+    degrees, scale by 0.9-1.1 and translate by up to 2 pixels (bilinear, for digits,
+    which must not be mirrored); ``elastic``: Simard et al.'s elastic distortion, a
+    random displacement field smoothed by a Gaussian (sigma 4 pixels) and scaled to
+    about a pixel (alpha 34 for 28x28 images).
+    """
+    parts = kind.split("+")
+    unknown = [p for p in parts if p not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation {'+'.join(unknown)!r}; expected {', '.join(AUGMENTATIONS)} "
+            "or a '+' combination"
+        )
+    n, size = x.shape[0], x.shape[-1]
+    if "hflip" in parts:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if "shift" in parts:
+        pixels = torch.randint(-2, 3, (n, 2), generator=gen).to(x.dtype)
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta[:, :, 2] = -2.0 * pixels / size  # whole pixels: exact up to grid rounding
+        x = _affine(x, theta)
+    if "affine" in parts:
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+        scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
+        move = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2.0
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin, -2.0 * move[:, 0] / size], 1),
+                torch.stack([sin, cos, -2.0 * move[:, 1] / size], 1),
+            ],
+            1,
+        ).to(x.dtype)
+        x = _affine(x, theta)
+    if "elastic" in parts:
+        x = _elastic(x, gen)
+    return x
+
+
+class AugmentedBatches:
+    """Shuffled, randomly augmented ``(images, labels)`` batches of in-memory tensors.
+
+    Every pass draws a new order and new augmentations from ``generator``, so a seeded
+    generator gives the same batches on every run. It has a length, so it serves as
+    the ``train_loader`` of :func:`ann2snn.bootstrap` as well as of :func:`train_model`.
+
+    Args:
+        images: ``[N, 1, H, W]`` images.
+        labels: ``[N]`` class indices.
+        batch_size: Images per batch (the last batch may be smaller).
+        augment: An augmentation of :data:`AUGMENTATIONS`, or a ``+`` combination.
+        generator: Source of the order and of the augmentations.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        augment: str,
+        generator: torch.Generator,
+    ) -> None:
+        _augment(images[:1], augment, torch.Generator())  # refuse unknown names now
+        self.images, self.labels = images, labels
+        self.batch_size, self.augment, self.generator = batch_size, augment, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.labels), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield _augment(self.images[idx], self.augment, self.generator), self.labels[idx]
+
+
+def _elastic(x: torch.Tensor, gen: torch.Generator, sigma: float = 4.0, alpha: float = 34.0):
+    n, _, h, w = x.shape
+    radius = int(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    field = torch.rand(n * 2, 1, h, w, generator=gen, dtype=x.dtype) * 2 - 1
+    field = F.conv2d(F.pad(field, (radius, radius, 0, 0)), kernel.view(1, 1, 1, -1))
+    field = F.conv2d(F.pad(field, (0, 0, radius, radius)), kernel.view(1, 1, -1, 1))
+    field = field.view(n, 2, h, w) * alpha  # pixels
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, dtype=x.dtype)
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [h, w, 2] as (x, y)
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype)
+    grid = base + field.permute(0, 2, 3, 1) * scale
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    was_training = model.training
+    model.eval()
+    correct = sum(
+        int((model(images[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
+        for i in range(0, len(labels), 1000)
+    )
+    model.train(was_training)
+    return 100.0 * correct / len(labels)
 
 
 def _stored_state_dict(model: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
@@ -193,6 +369,13 @@ def train_model(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images, labels = load_dataset(dataset, "train", root=data_root, limit=train_limit).tensors
+    holdout = min(recipe.get("val_images", 0), len(labels) // 10)
+    keep, val_idx = validation_split(len(labels), holdout)
+    val_images, val_labels = images[val_idx], labels[val_idx]
+    if holdout:
+        images, labels = images[keep], labels[keep]
+    smoothing = recipe.get("label_smoothing", 0.0)
+    val_history: list[float] = []
     model = get_model(name, **recipe["kwargs"])
     memory_format = torch.channels_last if recipe["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -202,12 +385,12 @@ def train_model(
         optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
     )
 
+    batches = AugmentedBatches(images, labels, batch_size, recipe["augment"], gen)
     started = time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(labels), generator=gen)
         bar = tqdm(
-            range(steps_per_epoch),
+            batches,
             desc=f"{name} epoch {epoch + 1}/{epochs}",
             disable=not progress,
             leave=True,
@@ -215,12 +398,10 @@ def train_model(
         )
         seen = correct = 0
         loss_sum = 0.0
-        for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x = _augment(images[idx], recipe["augment"], gen).to(memory_format=memory_format)
-            y = labels[idx]
+        for step, (x, y) in enumerate(bar):
+            x = x.to(memory_format=memory_format)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -228,8 +409,14 @@ def train_model(
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
-            if step % 20 == 0 or step == steps_per_epoch - 1:
+            if step % 20 == 0 or step == len(batches) - 1:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}")
+        if holdout:
+            val_history.append(_accuracy(model, val_images, val_labels))
+            if progress:
+                print(
+                    f"{name} epoch {epoch + 1}: validation {val_history[-1]:.2f}%", file=sys.stderr
+                )
     wall = time.perf_counter() - started
 
     ckpt: Dict[str, Any] = {
@@ -251,13 +438,17 @@ def train_model(
             "schedule": "OneCycleLR",
             "augment": recipe["augment"],
             "channels_last": recipe["channels_last"],
+            "label_smoothing": smoothing,
             "train_images": len(labels),
+            "val_images": holdout,
+            "val_seed": VALIDATION_SEED,
+            "val_history": val_history,
             "threads": torch.get_num_threads(),
             "torch": str(torch.__version__),
             "wall_time_s": round(wall, 1),
         },
     }
-    if _serialized_size(ckpt) > MAX_CHECKPOINT_BYTES * 0.97:
+    if name not in UNBUNDLED and _serialized_size(ckpt) > MAX_CHECKPOINT_BYTES * 0.97:
         ckpt["state_dict"] = _stored_state_dict(model, torch.float16)
         ckpt["state_dict_dtype"] = "float16"
         size = _serialized_size(ckpt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
 
 import pytest
 import torch
@@ -14,12 +15,21 @@ from ann2snn.errors import DataNotFoundError
 from ann2snn.models import (
     MODEL_DATASETS,
     MODELS,
+    UNBUNDLED,
     checkpoint_path,
     get_model,
     load_pretrained,
     pretrained_info,
 )
-from ann2snn.models.train import MAX_CHECKPOINT_BYTES, evaluate, main
+from ann2snn.models.train import (
+    MAX_CHECKPOINT_BYTES,
+    AugmentedBatches,
+    _augment,
+    evaluate,
+    main,
+    train_model,
+    validation_split,
+)
 
 # Accuracy floors (percent, full 10k test set) the bundled checkpoints must meet.
 TARGETS = {
@@ -29,7 +39,10 @@ TARGETS = {
     "fmnist_resnet": 91.0,
     "fmnist_resnet20": 92.5,
     "fmnist_vgg16": 92.5,
+    "mnist_mlp": 99.2,
 }
+
+BUNDLED = sorted(set(MODELS) - UNBUNDLED)
 
 
 def _require_data(dataset: str) -> None:
@@ -49,7 +62,7 @@ def test_every_model_builds_and_maps_to_ten_logits(name: str) -> None:
 
 
 def test_registry_is_consistent() -> None:
-    assert set(MODELS) == set(MODEL_DATASETS) == set(TARGETS)
+    assert set(MODELS) == set(MODEL_DATASETS) == set(TARGETS) | UNBUNDLED
     assert set(MODEL_DATASETS.values()) <= {"mnist", "fashion-mnist"}
 
 
@@ -118,7 +131,7 @@ def test_deep_reference_networks() -> None:
         models.FashionResNet(blocks=0)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_checkpoint_format(name: str) -> None:
     path = checkpoint_path(name)
     assert path.is_file(), f"missing {path}: run python -m ann2snn.models.train --model {name}"
@@ -137,7 +150,7 @@ def test_bundled_checkpoint_format(name: str) -> None:
     assert "state_dict" not in info
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", BUNDLED)
 def test_pretrained_reaches_recorded_accuracy(name: str) -> None:
     dataset = MODEL_DATASETS[name]
     _require_data(dataset)
@@ -203,3 +216,106 @@ def test_training_is_deterministic() -> None:
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"]
+
+
+def test_unbundled_model_is_not_shipped_and_says_how_to_train() -> None:
+    for name in UNBUNDLED:
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", str(checkpoint_path(name))],
+            capture_output=True,
+            cwd=pathlib.Path(__file__).parent,
+        )
+        assert tracked.returncode != 0, f"{name}'s checkpoint must not be committed"
+        if not checkpoint_path(name).is_file():
+            with pytest.raises(FileNotFoundError, match=f"--model {name}"):
+                load_pretrained(name)
+
+
+def test_seed_tutorial_networks_have_the_tutorials_shapes() -> None:
+    cnn = get_model("fmnist_cnn128")
+    linears = [m for m in cnn.modules() if isinstance(m, nn.Linear)]
+    convs = [m for m in cnn.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(6272, 2048), (2048, 10)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 128), (128, 128)]
+    assert all(m.bias is None for m in [*linears, *convs])
+    assert sum(isinstance(m, nn.MaxPool2d) for m in cnn.modules()) == 2
+    mlp = get_model("mnist_mlp")
+    sizes = [(m.in_features, m.out_features) for m in mlp.modules() if isinstance(m, nn.Linear)]
+    assert sizes == [(784, 512), (512, 512), (512, 10)]
+    assert sum(p.numel() for p in mlp.parameters()) == 669_706
+    with pytest.raises(ValueError, match="hidden"):
+        get_model("mnist_mlp", hidden=0)
+
+
+def test_validation_split_is_a_fixed_partition() -> None:
+    keep, val = validation_split(60_000, 5000)
+    assert len(val) == 5000 and len(keep) == 55_000
+    assert torch.equal(torch.cat([keep, val]).sort().values, torch.arange(60_000))
+    again = validation_split(60_000, 5000)
+    assert torch.equal(again[1], val) and torch.equal(again[0], keep)
+    assert val.min() < 1000 and val.max() > 59_000  # drawn from all of it, not a tail
+    with pytest.raises(ValueError, match="hold out"):
+        validation_split(100, 100)
+
+
+def test_augmentations_on_real_images() -> None:
+    _require_data("mnist")
+    from ann2snn.data.datasets import load_dataset
+
+    x = load_dataset("mnist", "train", limit=64).tensors[0]
+    gen = torch.Generator().manual_seed(0)
+    shifted = _augment(x, "shift", gen)
+    # whole-pixel shifts, zero fill: every image is one of the 25 translations (up to the
+    # rounding of the sampling grid, 2e-6)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = [
+        padded[..., 2 + dy : 30 + dy, 2 + dx : 30 + dx]
+        for dy in range(-2, 3)
+        for dx in range(-2, 3)
+    ]
+    matches = torch.stack([(shifted - o).abs().amax((1, 2, 3)) < 1e-5 for o in offsets], 1)
+    assert matches.any(1).all()
+    assert (shifted != x).flatten(1).any(1).float().mean() > 0.7  # 24 of 25 offsets move
+    labels = load_dataset("mnist", "train", limit=64).tensors[1]
+    digits = load_pretrained("mnist_cnn")  # trained without augmentation
+    for kind in ("affine", "elastic", "affine+elastic", "hflip+shift"):
+        out = _augment(x, kind, torch.Generator().manual_seed(1))
+        assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1 + 1e-6
+        assert (out - x).abs().mean() > 0.02  # it moves the images
+        if "hflip" not in kind:  # a mild distortion: the digits stay readable
+            with torch.no_grad():
+                assert (digits(out).argmax(1) == labels).float().mean() > 0.8, kind
+    same = _augment(x, "elastic", torch.Generator().manual_seed(1))
+    assert torch.equal(same, _augment(x, "elastic", torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
+        _augment(x, "shift+rotate", gen)
+
+
+def test_augmented_batches_cover_every_image_once_per_pass() -> None:
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1).expand(10, 1, 4, 4)
+    labels = torch.arange(10)
+    batches = AugmentedBatches(images, labels, 4, "none", torch.Generator().manual_seed(0))
+    assert len(batches) == 3
+    first = [y for _, y in batches]
+    assert [len(y) for y in first] == [4, 4, 2]
+    assert sorted(torch.cat(first).tolist()) == list(range(10))
+    for x, y in batches:
+        assert torch.equal(x[:, 0, 0, 0], y.float())  # images stay with their labels
+    assert torch.cat([y for _, y in batches]).tolist() != torch.cat(first).tolist()
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        AugmentedBatches(images, labels, 4, "blur", torch.Generator())
+
+
+def test_recipe_holds_out_validation_images_and_records_them() -> None:
+    _require_data("mnist")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ckpt = train_model("mnist_mlp", epochs=2, train_limit=1000, eval_limit=200, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    train = ckpt["train"]
+    assert train["val_images"] == 100 and train["train_images"] == 900
+    assert len(train["val_history"]) == 2 and all(0 <= v <= 100 for v in train["val_history"])
+    assert train["label_smoothing"] == 0.1 and train["augment"] == "affine+elastic"
+    assert train["val_history"][-1] > 30  # it learns (chance: 10), on held-out images
