@@ -114,6 +114,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # The two networks of the direct-training tutorials (issue 16, docs/seeds.md). Both
     # hold out 5,000 training images for validation: every choice of these recipes was
     # made on them, never on the test set.
+    # First recipe, not yet tuned: validation 92.30 after 8 epochs (test 91.96), under the
+    # width-24 net's 93.0; shifts, dropout 0.5 and label smoothing over-regularize 8 epochs.
     "fmnist_cnn128": {
         "kwargs": {"width": 128, "dropout": 0.5},
         "epochs": 8,
@@ -125,9 +127,12 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         "val_images": 5000,
         "channels_last": True,
     },
+    # Validation accuracy (5,000 held-out images) that chose this recipe: affine maps for
+    # 60 / 100 / 200 epochs 99.22 / 99.30 / 99.34; affine + elastic distortions for 100
+    # epochs 98.96 (too strong for 512 units).
     "mnist_mlp": {
         "kwargs": {"hidden": 512, "depth": 2, "dropout": 0.2},
-        "epochs": 100,
+        "epochs": 200,
         "lr": 1e-3,
         "batch_size": 128,
         "weight_decay": 0.0,
