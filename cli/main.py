@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import threading
@@ -173,6 +174,10 @@ class _Interrupts:
     def _handler(self, signum: int, frame: Any) -> None:
         if not self.seen:
             self.seen = True
+            # What libraries log while they are being interrupted is noise: an import of
+            # triton cut short makes torch warn "triton not found" (seen once in a local
+            # CI run of the interrupt test). After Ctrl-C the command prints one line.
+            logging.disable(logging.WARNING)
             threading.Thread(target=self._repeat, daemon=True).start()
         raise KeyboardInterrupt
 
