@@ -31,6 +31,11 @@ def _check_width(width: int, name: str = "width") -> None:
         raise ValueError(f"{name} must be a positive int, got {width!r}")
 
 
+def _check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
 def mnist_cnn(width: int = 32, padding: int = 0) -> nn.Sequential:
     """The MNIST CNN of SpikingJelly's ann2snn tutorial.
 
@@ -68,8 +73,7 @@ def mnist_cnn(width: int = 32, padding: int = 0) -> nn.Sequential:
 
 def _fmnist_cnn(width: int, pool: type[nn.Module], dropout: float) -> nn.Sequential:
     _check_width(width)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_dropout(dropout)
     return nn.Sequential(
         nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(width),
@@ -133,17 +137,8 @@ def fmnist_cnn128(width: int = 128, dropout: float = 0.5) -> nn.Sequential:
     Linear(2048, 10, no bias)``: ReLU where the tutorial has IF, and the tutorial's last IF
     layer becomes the output layer. 13.0 M parameters, too many to bundle: ``python -m
     ann2snn.models.train --model fmnist_cnn128`` trains it (``benchmarks/bench_seeds.py``
-    does so with a fixed seed).
-
-    Args:
-        width: Channels of both convolutions (the tutorial's 128).
-        dropout: Dropout probability before the first Linear (training only).
-
-    Returns:
-        The network, in training mode.
-
-    Raises:
-        ValueError: On a non-positive width or a dropout outside [0, 1).
+    does so with a fixed seed). Arguments, result and errors as
+    :func:`fmnist_maxpool_cnn`'s.
     """
     return _fmnist_cnn(width, nn.MaxPool2d, dropout)
 
@@ -167,8 +162,7 @@ def mnist_mlp(hidden: int = 512, depth: int = 2, dropout: float = 0.2) -> nn.Seq
     """
     _check_width(hidden, "hidden")
     _check_width(depth, "depth")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_dropout(dropout)
     layers: list[nn.Module] = [nn.Flatten()]
     size = 28 * 28
     for _ in range(depth):
@@ -308,8 +302,7 @@ def fmnist_vgg16(width: int = 12, pool: str = "avg", dropout: float = 0.2) -> nn
     pools = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
     if pool not in pools:
         raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    _check_dropout(dropout)
     layers: list[nn.Module] = [nn.ZeroPad2d(2)]
     in_ch = 1
     for convs, mult in _VGG16_STAGES:
