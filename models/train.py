@@ -26,8 +26,10 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from ann2snn.analysis.evaluate import accuracy
 from ann2snn.data.datasets import load_dataset
 from ann2snn.models import (
     MODEL_DATASETS,
@@ -185,10 +187,6 @@ def evaluate(
     Returns:
         Accuracy in percent.
     """
-    from torch.utils.data import DataLoader
-
-    from ann2snn.analysis.evaluate import accuracy
-
     test = load_dataset(dataset, "test", root=root, limit=limit)
     return accuracy(model, DataLoader(test, batch_size=batch_size))
 
@@ -302,18 +300,6 @@ def _elastic(x: torch.Tensor, gen: torch.Generator, sigma: float = 4.0, alpha: f
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    was_training = model.training
-    model.eval()
-    correct = sum(
-        int((model(images[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
-        for i in range(0, len(labels), 1000)
-    )
-    model.train(was_training)
-    return 100.0 * correct / len(labels)
-
-
 def _stored_state_dict(model: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     return {
         k: (v.detach().to(dtype) if torch.is_floating_point(v) else v.detach()).contiguous().clone()
@@ -385,12 +371,16 @@ def train_model(
     memory_format = torch.channels_last if recipe["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe["weight_decay"])
-    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    batches = AugmentedBatches(images, labels, batch_size, recipe["augment"], gen)
+    # its own generator: a DataLoader draws a seed per pass, which must not come from
+    # the global generator that dropout draws from (the weights would depend on it)
+    val_batches = DataLoader(
+        TensorDataset(val_images, val_labels), batch_size=1000, generator=torch.Generator()
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=len(batches)
     )
 
-    batches = AugmentedBatches(images, labels, batch_size, recipe["augment"], gen)
     started = time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -417,7 +407,8 @@ def train_model(
             if step % 20 == 0 or step == len(batches) - 1:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}")
         if holdout:
-            val_history.append(_accuracy(model, val_images, val_labels))
+            with torch.no_grad():
+                val_history.append(accuracy(model, val_batches))
             if progress:
                 print(
                     f"{name} epoch {epoch + 1}: validation {val_history[-1]:.2f}%", file=sys.stderr

@@ -5,7 +5,7 @@ of the ANN at T=32 and 0.3 points at T=128, must not lose accuracy past T=32 (be
 test-set noise) on every bundled model, and on MNIST must be within 0.1 points at T=50.
 
 Every CI run checks the first 2,000 test images of each set; ``ANN2SNN_FULL_TESTS=1``
-checks all 10,000 (the issue's figure; 5x the time, about 10 minutes here). The
+checks all 10,000 (the issue's figure; five times the images). The
 comparison with SpikingJelly at every T is measured by ``benchmarks/bench_accuracy.py``
 (docs/accuracy.md): it needs SpikingJelly and hours of CPU, so it is not a test.
 """
