@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -54,6 +53,7 @@ from ann2snn.runtime.recorders import SpikeRecorder
 from ann2snn.runtime.spiking_model import SpikingModel
 from ann2snn.runtime.temporal import reset_state, set_steps
 from ann2snn.tracing import replace_submodule
+from ann2snn.training.loop import check_epochs, endless, epoch_length, total_steps
 from ann2snn.training.pwl import PiecewiseLinear, drop_fits, fits_of, pwl_eval
 
 __all__ = [
@@ -319,8 +319,7 @@ def bootstrap(
     from ann2snn.converter_passes import bootstrap_fit as fit_pass
 
     positive_int("timesteps", timesteps)
-    if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
-        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+    check_epochs(epochs)
     if not (isinstance(resample_every, (int, float)) and resample_every > 0):
         raise ValueError(
             f"resample_every must be a positive number of epochs, got {resample_every!r}"
@@ -330,12 +329,7 @@ def bootstrap(
     if train_mode not in ("ann", "hybrid"):
         raise ValueError(f"train_mode must be 'ann' or 'hybrid', got {train_mode!r}")
     eval_ts = sorted({timesteps, *(positive_int("eval_timesteps", t) for t in eval_timesteps)})
-    try:
-        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise ValueError("train_loader must have a length (a DataLoader or a list)") from exc
-    if batches_per_epoch == 0:
-        raise ValueError("train_loader is empty")
+    batches_per_epoch = epoch_length(train_loader)
 
     if isinstance(calib_data, Iterator):
         # a one-shot iterator (a generator): sampled again at every re-fit, so kept
@@ -357,12 +351,12 @@ def bootstrap(
     boot = BootstrapModel(snn)
     params = boot.layer_parameters()
     device = params[0].device if params else torch.device("cpu")
-    total_steps = max(1, math.ceil(epochs * batches_per_epoch))
+    steps = total_steps(epochs, batches_per_epoch)
     refit_every = max(1, round(resample_every * batches_per_epoch))
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history: List[BootstrapRecord] = []
-    bar = tqdm(total=total_steps, desc=f"bootstrap T={timesteps}", disable=not progress)
+    bar = tqdm(total=steps, desc=f"bootstrap T={timesteps}", disable=not progress)
 
     def measure(step: int, loss: Optional[float], acc: Optional[float], refit: bool) -> None:
         stats = boot.fit(sampling, timesteps, **fit_options) if refit else None
@@ -385,29 +379,25 @@ def bootstrap(
 
     measure(0, None, None, refit=True)
     boot.ann_mode()
-    step, loss_sum, correct, seen = 0, 0.0, 0, 0
+    loss_sum, correct, seen = 0.0, 0, 0
     try:
-        while step < total_steps:
-            for batch in train_loader:
-                x = batch_input(batch).to(device)
-                y = _labels(batch).to(device)
-                out = boot.hybrid(x, timesteps) if train_mode == "hybrid" else boot(x)
-                loss = F.cross_entropy(out, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((out.detach().argmax(1) == y).sum())
-                seen += len(y)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
-                if step % refit_every == 0 or step == total_steps:
-                    measure(step, loss_sum / seen, 100.0 * correct / seen, refit=step < total_steps)
-                    loss_sum, correct, seen = 0.0, 0, 0
-                if step >= total_steps:
-                    break
+        for step, batch in zip(range(1, steps + 1), endless(train_loader)):
+            x = batch_input(batch).to(device)
+            y = _labels(batch).to(device)
+            out = boot.hybrid(x, timesteps) if train_mode == "hybrid" else boot(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((out.detach().argmax(1) == y).sum())
+            seen += len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
+            if step % refit_every == 0 or step == steps:
+                measure(step, loss_sum / seen, 100.0 * correct / seen, refit=step < steps)
+                loss_sum, correct, seen = 0.0, 0, 0
     finally:
         bar.close()
         boot.snn_mode()
@@ -416,7 +406,7 @@ def bootstrap(
     snn.meta["bootstrap"] = {
         "timesteps": timesteps,
         "epochs": epochs,
-        "steps": step,
+        "steps": steps,
         "lr": lr,
         "train_mode": train_mode,
         "resample_every": resample_every,

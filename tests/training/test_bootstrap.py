@@ -247,3 +247,9 @@ def test_bootstrap_rejects_bad_arguments(converted, fmnist_train):
 def test_fits_live_on_the_graph(fitted):
     fits = fits_of(fitted.graph_module)
     assert sorted(name for name, _ in fits.items()) == sorted(n for n, _ in fitted.neurons())
+
+
+def test_bootstrap_refuses_a_one_shot_iterator_as_training_data(converted, fmnist_train):
+    """iter(DataLoader) has a length but yields one epoch only: the loop used to spin."""
+    with pytest.raises(ValueError, match="not an iterator"):
+        bootstrap(converted, iter(loader(fmnist_train, 256)), timesteps=T, progress=False)

@@ -1,0 +1,53 @@
+"""What the two training routines (``bootstrap`` and ``finetune``) share: checking the
+training data and the schedule, and drawing batches across epochs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator
+
+
+def check_epochs(epochs: Any) -> float:
+    """``epochs`` if it is a positive (possibly fractional) number."""
+    if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool) and epochs > 0):
+        raise ValueError(f"epochs must be a positive number, got {epochs!r}")
+    return epochs
+
+
+def epoch_length(train_loader: Iterable[Any]) -> int:
+    """Batches in one pass over ``train_loader``, which must be re-iterable and sized.
+
+    Raises:
+        ValueError: for a one-shot iterator, an unsized iterable or an empty one.
+    """
+    if isinstance(train_loader, Iterator):
+        raise ValueError(
+            "train_loader is read once per epoch: pass a DataLoader or a list of batches, "
+            "not an iterator (a generator, or iter() of a loader)"
+        )
+    try:
+        batches = len(train_loader)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ValueError("train_loader must have a length (a DataLoader or a list)") from exc
+    if batches == 0:
+        raise ValueError("train_loader is empty")
+    return batches
+
+
+def total_steps(epochs: float, batches_per_epoch: int) -> int:
+    return max(1, math.ceil(epochs * batches_per_epoch))
+
+
+def endless(train_loader: Iterable[Any]) -> Iterator[Any]:
+    """Batches of ``train_loader``, one epoch after another, until the caller stops.
+
+    Raises:
+        ValueError: when a pass yields no batch although the loader has a length.
+    """
+    while True:
+        drawn = False
+        for batch in train_loader:
+            drawn = True
+            yield batch
+        if not drawn:
+            raise ValueError("train_loader yielded no batch although its length is positive")
