@@ -71,6 +71,13 @@ BOOTSTRAP: Dict[str, Dict[str, Any]] = {
     "mnist_mlp": {"epochs": 2, "lr": 1e-4, "resample_every": 0.5},
 }
 
+#: QCFS-style ANN fine-tuning (``ann2snn.finetune``, L = the tutorial's T) before the
+#: conversion that bootstrap starts from, per network; None: none (docs/seeds.md).
+FINETUNE: Dict[str, Any] = {
+    "fmnist_cnn128": {"epochs": 1, "lr": 1e-3, "init_percentile": 99.0},
+    "mnist_mlp": None,
+}
+
 CALIB_IMAGES = 2000
 
 
@@ -146,6 +153,41 @@ def run_network(name: str, args: argparse.Namespace, override: str | None) -> Di
     row["convert"]["accuracy"] = curve.accuracy
     print(f"== {name}: ANN {curve.ann_accuracy:.2f}%, conversion {curve.accuracy}", flush=True)
 
+    start = snn
+    ft_settings = None if args.no_finetune else FINETUNE[name]
+    if ft_settings is not None:
+        ft_settings = dict(ft_settings)
+        for key in ("epochs", "lr"):
+            if getattr(args, f"finetune_{key}") is not None:
+                ft_settings[key] = getattr(args, f"finetune_{key}")
+        torch.manual_seed(0)
+        ft_batches = AugmentedBatches(
+            images[keep],
+            labels[keep],
+            128,
+            RECIPES[name]["augment"],
+            generator=torch.Generator().manual_seed(1),
+        )
+        t0, c0 = time.perf_counter(), time.process_time()
+        tuned_ann, ft_history = ann2snn.finetune(
+            model, ft_batches, levels=T, calib_data=calib, eval_loader=val, **ft_settings
+        )
+        start = ann2snn.convert(tuned_ann, calib_data=calib)
+        row["finetune"] = {
+            "settings": ft_settings,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1),
+            "val_history": [
+                {"epoch": round(r.epoch, 3), "loss": r.loss, "val_quantized": r.eval_accuracy}
+                for r in ft_history
+            ],
+        }
+        curve = ann2snn.evaluate(start, test_loader, report)
+        row["finetune"]["ann_accuracy"] = curve.ann_accuracy
+        row["finetune"]["accuracy"] = curve.accuracy
+        print(f"== {name}: finetune L={T} + conversion: {curve.accuracy}", flush=True)
+    if args.no_bootstrap:
+        return row
     settings = dict(BOOTSTRAP[name])
     for key in ("epochs", "lr"):
         if getattr(args, f"bootstrap_{key}") is not None:
@@ -157,7 +199,7 @@ def run_network(name: str, args: argparse.Namespace, override: str | None) -> Di
     )
     t0, c0 = time.perf_counter(), time.process_time()
     tuned, history = ann2snn.bootstrap(
-        snn,
+        start,
         batches,
         timesteps=T,
         calib_data=calib,
@@ -180,32 +222,44 @@ def run_network(name: str, args: argparse.Namespace, override: str | None) -> Di
     return row
 
 
-def _cells(acc: Dict[Any, float], T: int) -> str:
+def _cells(stage: Any, T: int) -> str:
+    if not stage or "accuracy" not in stage:
+        return "-"
+    acc = {int(t): v for t, v in stage["accuracy"].items()}
     return " / ".join(f"{acc[t]:.2f}" for t in (T, 2 * T, 4 * T))
+
+
+def _times(row: Dict[str, Any]) -> str:
+    ann = row["ann"]
+    parts = [
+        f"ANN {ann['epochs']} epochs {ann['wall_s'] / 60:.0f} min ({ann['threads']} thr)",
+        f"conversion {row['convert']['wall_s']:.0f} s",
+    ]
+    threads = row["settings"]["threads"]
+    for key in ("finetune", "bootstrap"):
+        if key in row:
+            stage = row[key]
+            parts.append(
+                f"{key} {stage['settings']['epochs']:g} epochs "
+                f"{stage['wall_s'] / 60:.1f} min ({threads} thr)"
+            )
+    return ", ".join(parts)
 
 
 def print_table(results: Dict[str, Any]) -> None:
     print()
     print(
         "| network | tutorial (direct SNN training) | our ANN | conversion T / 2T / 4T | "
-        "bootstrap T / 2T / 4T | our CPU time and epochs |"
+        "finetune + conversion | + bootstrap at T | our CPU time and epochs |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, row in results["networks"].items():
         tut, T = row["tutorial"], row["tutorial"]["timesteps"]
-        conv, boot = row["convert"]["accuracy"], row["bootstrap"]["accuracy"]
-
-        ann = row["ann"]
-        minutes = (
-            f"ANN {ann['epochs']} epochs {ann['wall_s'] / 60:.0f} min ({ann['threads']} thr), "
-            f"conversion {row['convert']['wall_s']:.0f} s, bootstrap "
-            f"{row['bootstrap']['settings']['epochs']:g} epochs "
-            f"{row['bootstrap']['wall_s'] / 60:.1f} min ({row['settings']['threads']} thr)"
-        )
         print(
             f"| {name} | {tut['tutorial']}: {tut['accuracy']:.2f} at T={T}, "
-            f"{tut['epochs']} epochs ({tut['hardware']}) | {ann['measured']:.2f} | "
-            f"{_cells(conv, T)} | {_cells(boot, T)} | {minutes} |"
+            f"{tut['epochs']} epochs ({tut['hardware']}) | {row['ann']['measured']:.2f} | "
+            f"{_cells(row['convert'], T)} | {_cells(row.get('finetune'), T)} | "
+            f"{_cells(row.get('bootstrap'), T)} | {_times(row)} |"
         )
 
 
@@ -220,10 +274,14 @@ def plot(results: Dict[str, Any], path: str) -> None:
     for ax, name in zip(axes[0], names):
         row = results["networks"][name]
         tut = row["tutorial"]
+        stages = [k for k in ("convert", "finetune", "bootstrap") if k in row]
         for key, label, style in (
             ("convert", "conversion", "o-"),
-            ("bootstrap", "bootstrap", "s-"),
+            ("finetune", "finetune + conversion", "^-"),
+            ("bootstrap", "+ bootstrap" if "finetune" in row else "bootstrap", "s-"),
         ):
+            if key not in row:
+                continue
             acc = {int(t): v for t, v in row[key]["accuracy"].items()}
             ts = sorted(acc)
             ax.plot(ts, [acc[t] for t in ts], style, label=f"{label} (ann2snn)")
@@ -233,7 +291,7 @@ def plot(results: Dict[str, Any], path: str) -> None:
         ax.set_xlabel("timesteps T")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(name)
-        values = [*row["convert"]["accuracy"].values(), *row["bootstrap"]["accuracy"].values()]
+        values = [v for k in stages for v in row[k]["accuracy"].values()]
         top = max(row["ann"]["measured"], tut["accuracy"], *values)
         ax.set_ylim(max(min(*values, tut["accuracy"]) - 0.5, top - 8), top + 0.4)
         ax.grid(alpha=0.3)
@@ -249,6 +307,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH")
     p.add_argument("--retrain", action="store_true", help="train the ANNs even if cached")
+    p.add_argument("--no-finetune", action="store_true", help="bootstrap the plain conversion")
+    p.add_argument("--finetune-epochs", type=float, default=None)
+    p.add_argument("--finetune-lr", type=float, default=None)
+    p.add_argument("--no-bootstrap", action="store_true", help="stop before bootstrap")
     p.add_argument("--bootstrap-epochs", type=float, default=None)
     p.add_argument("--bootstrap-lr", type=float, default=None)
     p.add_argument("--curve", type=_ints, default=[1, 2, 4, 8, 16, 32, 64], help="T's plotted")

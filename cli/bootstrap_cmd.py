@@ -6,9 +6,6 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional
 
-import torch
-from torch.utils.data import DataLoader
-
 from ann2snn.cli.common import (
     CLIError,
     add_conversion_arguments,
@@ -17,7 +14,6 @@ from ann2snn.cli.common import (
     add_runtime_arguments,
     check_outputs,
     convert_opened,
-    data_options,
     format_options,
     open_model,
     parse_timesteps,
@@ -26,7 +22,13 @@ from ann2snn.cli.common import (
     to_device,
     validate_mode,
 )
-from ann2snn.cli.data_sources import open_data
+from ann2snn.cli.training_common import (
+    add_evaluation_arguments,
+    add_training_arguments,
+    open_calibration_or_training,
+    open_training_data,
+    shuffled_loader,
+)
 
 SUMMARY = "fine-tune an SNN for very few time steps T (bootstrap training)"
 DESCRIPTION = """\
@@ -78,26 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="write the history and results as JSON")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
-    tr = parser.add_argument_group("training")
-    tr.add_argument(
-        "--train",
-        metavar="DATA",
-        help="labelled training data (dataset names use the train split; default: the "
-        "dataset the model was trained on, when known)",
-    )
-    tr.add_argument(
-        "--train-limit", type=positive_int, metavar="N", help="train on the first N examples"
-    )
-    tr.add_argument(
-        "--epochs",
-        type=positive_float,
-        default=2.0,
-        metavar="E",
-        help="passes over the training data, may be fractional (default: %(default)s)",
-    )
-    tr.add_argument(
-        "--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)"
-    )
+    tr = add_training_arguments(parser, epochs=2.0, lr=1e-3)
     tr.add_argument(
         "--resample-every",
         type=positive_float,
@@ -134,22 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hybrid: train on the SNN's own output with the fitted functions' gradients; "
         "ann: train the ANN view with the fitted functions only (default: %(default)s)",
     )
-    tr.add_argument("--seed", type=int, default=0, help="shuffling seed (default: %(default)s)")
-    ev = parser.add_argument_group("evaluation")
-    ev.add_argument(
-        "--data",
-        metavar="DATA",
-        help="labelled evaluation data (test split for dataset names; default: the dataset "
-        "the model was trained on, when known)",
-    )
-    ev.add_argument(
-        "--limit", type=positive_int, metavar="N", help="evaluate on the first N examples"
-    )
-    ev.add_argument(
-        "--report",
-        metavar="LIST",
-        help="time steps to report besides T, e.g. 4,8,16,32 (default: T only)",
-    )
+    add_evaluation_arguments(parser)
     add_model_arguments(parser)
     add_conversion_arguments(
         parser,
@@ -173,43 +141,10 @@ def run(args: argparse.Namespace) -> int:
     report = sorted({args.timesteps, *(parse_timesteps(args.report) if args.report else [])})
     check_outputs([args.output, args.json], args.force, [args.model])
     opened = open_model(args, args.model)
-    train_spec = args.train or opened.hints.dataset
-    if not train_spec:
-        raise CLIError(
-            "missing training data: pass --train DATA with labelled training examples (e.g. "
-            "--train fashion-mnist, an image folder, or an .npz/.pt file with x and y)."
-        )
-    train = open_data(
-        train_spec,
-        split="train",
-        options=data_options(args, args.train_limit, opened.hints),
-        need_labels=True,
-    )
-    eval_spec = (
-        args.data or opened.hints.dataset or (train.dataset_name if not args.train else None)
-    )
-    evaluation = None
-    if eval_spec:
-        evaluation = open_data(
-            eval_spec,
-            split="test",
-            options=data_options(args, args.limit, opened.hints),
-            need_labels=True,
-        )
+    train, evaluation, train_spec = open_training_data(args, opened)
     print(f"model: {opened.description}")
     if opened.snn is None:
-        if args.calib:
-            calib = open_data(
-                args.calib,
-                split="train",
-                options=data_options(args, args.calib_limit, opened.hints),
-            )
-        else:
-            calib = open_data(
-                train_spec,
-                split="train",
-                options=data_options(args, args.calib_limit, opened.hints),
-            )
+        calib = open_calibration_or_training(args, opened, train_spec)
         print(f"calibration data: {calib.description}")
         snn = convert_opened(args, opened, calib)
         source = opened.loaded.source
@@ -220,14 +155,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"training data: {train.description}")
     if evaluation is not None:
         print(f"evaluation data: {evaluation.description}")
-    generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(
-        train.loader.dataset,
-        batch_size=args.batch_size,
-        shuffle=True,
-        generator=generator,
-        num_workers=0,
-    )
+    train_loader = shuffled_loader(train, args)
     tuned, history = ann2snn.bootstrap(
         snn,
         to_device(train_loader, args.device),

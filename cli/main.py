@@ -1,4 +1,5 @@
-"""The ``ann2snn`` command: ``convert``, ``eval``, ``info``, ``demo`` and ``bootstrap``.
+"""The ``ann2snn`` command: ``convert``, ``eval``, ``info``, ``demo``, ``bootstrap``,
+``finetune`` and ``export``.
 
 Each subcommand is one module with ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``,
 ``add_arguments(parser)`` and ``run(args) -> int``, registered once in
@@ -60,6 +61,7 @@ _SUBCOMMAND_MODULES: Dict[str, str] = {
     "info": "info_cmd",
     "demo": "demo_cmd",
     "bootstrap": "bootstrap_cmd",
+    "finetune": "finetune_cmd",
     "export": "export_cmd",
 }
 _subcommands: Optional[Dict[str, Subcommand]] = None

@@ -285,6 +285,16 @@ def test_augmentations_on_real_images() -> None:
         if "hflip" not in kind:  # a mild distortion: the digits stay readable
             with torch.no_grad():
                 assert (digits(out).argmax(1) == labels).float().mean() > 0.8, kind
+    # random erasing: half the images lose one rectangle (2-40 % of the area) to 0,
+    # the rest are untouched
+    erased = _augment(torch.ones(400, 1, 28, 28), "erase", torch.Generator().manual_seed(2))
+    share = (erased == 0).float().mean((1, 2, 3))
+    assert 0.35 < (share > 0).float().mean() < 0.65
+    assert share[share > 0].min() >= 0.01 and share.max() <= 0.45
+    for img in erased[share > 0, 0] == 0:  # the erased pixels form one rectangle
+        rows, cols = img.any(1).nonzero(), img.any(0).nonzero()
+        assert int(img.sum()) == len(rows) * len(cols)
+        assert len(rows) == int(rows[-1] - rows[0]) + 1 and len(cols) == int(cols[-1] - cols[0]) + 1
     same = _augment(x, "elastic", torch.Generator().manual_seed(1))
     assert torch.equal(same, _augment(x, "elastic", torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
