@@ -8,9 +8,14 @@ images) are measured on the full test set at T = 4, 8, 16, 32:
   potential_calibration=False`` where ``convert`` has those options);
 * ``default``: ``ann2snn.convert``'s current defaults.
 
-Then, for each ``--start`` conversion (``basic`` and/or ``default``) and each target T, a
-copy of that conversion is bootstrap-fine-tuned for --epochs passes over the training set
-and measured again at the same T's. Prints a markdown table (changes against both plain
+With ``--finetune`` (or ``--start finetune``), for each target T the ANN is first
+fine-tuned with T-level quantized activations (``ann2snn.finetune``, --finetune-epochs)
+and converted with the defaults: the ``finetune`` rows.
+
+Then, for each ``--start`` conversion (``basic``, ``default`` and/or ``finetune``: the
+fine-tuned one for the same T) and each target T, a copy of that conversion is
+bootstrap-fine-tuned for --epochs passes over the training set (0: none) and measured
+again at the same T's. Prints a markdown table (changes against both plain
 conversions) and writes the numbers as JSON.
 
     python benchmarks/bench_bootstrap.py [--models fmnist_avgpool_cnn,...] [--targets 4,8]
@@ -79,14 +84,18 @@ def main() -> None:
     p.add_argument(
         "--start", default="basic", help="comma list: bootstrap from the basic and/or default"
     )
+    p.add_argument("--finetune", action="store_true", help="add the finetune rows")
+    p.add_argument("--finetune-epochs", type=float, default=1.0)
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     overrides = dict(item.split("=", 1) for item in args.checkpoint)
     targets, report = _ints(args.targets), sorted(set(_ints(args.report)))
     starts = [s for s in args.start.split(",") if s]
-    if not starts or any(s not in ("basic", "default") for s in starts):
-        p.error(f"--start takes basic and/or default, got {args.start!r}")
+    if not starts or any(s not in ("basic", "default", "finetune") for s in starts):
+        p.error(f"--start takes basic, default and/or finetune, got {args.start!r}")
+    finetuning = args.finetune or "finetune" in starts
     results: Dict[str, Any] = {"settings": vars(args), "models": {}}
 
     for name in [m for m in args.models.split(",") if m]:
@@ -112,10 +121,41 @@ def main() -> None:
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
+        row["finetune"] = {}
+        for target in targets if finetuning else []:
+            torch.manual_seed(args.seed)
+            gen = torch.Generator().manual_seed(args.seed)
+            train_loader = DataLoader(
+                train, batch_size=args.batch_size, shuffle=True, generator=gen
+            )
+            t0 = time.perf_counter()
+            tuned_ann, history = ann2snn.finetune(
+                model,
+                train_loader,
+                levels=target,
+                epochs=args.finetune_epochs,
+                lr=args.finetune_lr,
+                calib_data=calib,
+                eval_loader=monitor,
+            )
+            snns[f"finetune {target}"] = ann2snn.convert(tuned_ann, calib_data=calib)
+            train_s = time.perf_counter() - t0
+            curve = ann2snn.evaluate(snns[f"finetune {target}"], test_loader, report)
+            row["finetune"][f"L={target}"] = {
+                "accuracy": curve.accuracy,
+                "ann_accuracy": curve.ann_accuracy,
+                "train_s": round(train_s, 1),
+                "history": [vars(r) for r in history],
+            }
+            print(f"   finetune L={target}: {curve.accuracy} ({train_s:.0f} s)", flush=True)
         for start, mode, target in (
-            (s, m, t) for s in starts for m in args.train_modes.split(",") for t in targets
+            (s, m, t)
+            for s in starts
+            for m in args.train_modes.split(",")
+            for t in targets
+            if args.epochs > 0
         ):
-            snn = snns[start]
+            snn = snns[f"finetune {target}" if start == "finetune" else start]
             key = f"T={target} {mode} from {start}"
             torch.manual_seed(args.seed)
             gen = torch.Generator().manual_seed(args.seed)
@@ -168,13 +208,17 @@ def main() -> None:
             cells = " | ".join(f"{row[kind][t]:.2f}" for t in report)
             label = f"{name} (ANN {row['ann_accuracy']:.2f})" if kind == "basic" else ""
             print(f"| {label} | {kind} conversion | {cells} |")
-        for key, b in row["bootstrap"].items():
-            cells = " | ".join(
-                f"{b['accuracy'][t]:.2f} ({b['accuracy'][t] - row['basic'][t]:+.2f} / "
-                f"{b['accuracy'][t] - row['default'][t]:+.2f})"
+        def cells(acc: Dict[int, float]) -> str:
+            return " | ".join(
+                f"{acc[t]:.2f} ({acc[t] - row['basic'][t]:+.2f} / "
+                f"{acc[t] - row['default'][t]:+.2f})"
                 for t in report
             )
-            print(f"| | bootstrap {key}, {args.epochs:g} epoch(s) | {cells} |")
+
+        for key, b in row["finetune"].items():
+            print(f"| | finetune {key}, {args.finetune_epochs:g} epoch(s) | {cells(b['accuracy'])} |")
+        for key, b in row["bootstrap"].items():
+            print(f"| | bootstrap {key}, {args.epochs:g} epoch(s) | {cells(b['accuracy'])} |")
     print("(in parentheses: change against the basic / the default conversion at the same T)")
 
 
