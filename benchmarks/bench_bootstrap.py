@@ -54,6 +54,14 @@ def _model(name: str, overrides: Dict[str, str]) -> torch.nn.Module:
     return load_pretrained(name)
 
 
+def _changes(acc: Dict[int, float], row: Dict[str, Any], report: List[int]) -> str:
+    """Table cells: accuracy (change against the basic / the default conversion)."""
+    return " | ".join(
+        f"{acc[t]:.2f} ({acc[t] - row['basic'][t]:+.2f} / {acc[t] - row['default'][t]:+.2f})"
+        for t in report
+    )
+
+
 BASIC_OPTIONS = {"channelwise": False, "threshold_search": False, "potential_calibration": False}
 
 
@@ -208,17 +216,12 @@ def main() -> None:
             cells = " | ".join(f"{row[kind][t]:.2f}" for t in report)
             label = f"{name} (ANN {row['ann_accuracy']:.2f})" if kind == "basic" else ""
             print(f"| {label} | {kind} conversion | {cells} |")
-        def cells(acc: Dict[int, float]) -> str:
-            return " | ".join(
-                f"{acc[t]:.2f} ({acc[t] - row['basic'][t]:+.2f} / "
-                f"{acc[t] - row['default'][t]:+.2f})"
-                for t in report
-            )
-
         for key, b in row["finetune"].items():
-            print(f"| | finetune {key}, {args.finetune_epochs:g} epoch(s) | {cells(b['accuracy'])} |")
+            cells = _changes(b["accuracy"], row, report)
+            print(f"| | finetune {key}, {args.finetune_epochs:g} epoch(s) | {cells} |")
         for key, b in row["bootstrap"].items():
-            print(f"| | bootstrap {key}, {args.epochs:g} epoch(s) | {cells(b['accuracy'])} |")
+            cells = _changes(b["accuracy"], row, report)
+            print(f"| | bootstrap {key}, {args.epochs:g} epoch(s) | {cells} |")
     print("(in parentheses: change against the basic / the default conversion at the same T)")
 
 
