@@ -116,8 +116,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # The two networks of the direct-training tutorials (issue 16, docs/seeds.md). Both
     # hold out 5,000 training images for validation: every choice of these recipes was
     # made on them, never on the test set.
-    # First recipe, not yet tuned: validation 92.30 after 8 epochs (test 91.96), under the
-    # width-24 net's 93.0; shifts, dropout 0.5 and label smoothing over-regularize 8 epochs.
+    # Validation accuracy (5,000 held-out images) that chose this recipe: the first one
+    # (hflip + 2-pixel shifts, lr 1e-3, 8 epochs) under-fit at 92.30 (its test: 91.96);
+    # hflip + random erasing, lr 2e-3, 15 epochs: 93.56 (51 CPU minutes, 2 threads).
     "fmnist_cnn128": {
         "kwargs": {"width": 128, "dropout": 0.5},
         "epochs": 15,
