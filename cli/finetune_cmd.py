@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT.pt", help="write the SNN file here")
     parser.add_argument("--json", metavar="FILE", help="write the history and results as JSON")
     parser.add_argument("--force", action="store_true", help="replace existing output files")
-    tr = add_training_arguments(parser, epochs=1.0, lr=1e-3)
+    tr = add_training_arguments(parser, epochs=1.0, lr=3e-4)
     tr.add_argument(
         "--init-percentile",
         type=positive_float,

@@ -253,7 +253,9 @@ def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
 def _erase(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     area = (0.02 + 0.38 * torch.rand(n, generator=gen)) * h * w
-    aspect = torch.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand(n, generator=gen))
+    aspect = torch.exp(
+        math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand(n, generator=gen)
+    )
     eh = (area * aspect).sqrt().round().clamp(1, h)
     ew = (area / aspect).sqrt().round().clamp(1, w)
     top = (torch.rand(n, generator=gen) * (h - eh + 1)).floor()
