@@ -9,8 +9,9 @@ Two public tutorials train an SNN directly (surrogate gradients, many epochs on 
 
 For each network this script takes the ANN (a ``--checkpoint``, the cached or bundled one,
 or it trains it with ``train.RECIPES`` and seed 0), converts it with ``ann2snn.convert``'s
-defaults (calibration on 2,000 training images), bootstraps the conversion at the
-tutorial's T, and measures both SNNs on the full test set at T, 2T and 4T (and the
+defaults (calibration on 2,000 training images), fine-tunes the ANN for the tutorial's T
+and converts it again where ``FINETUNE`` says so (``ann2snn.finetune``), bootstraps that
+conversion at T, and measures every SNN on the full test set at T, 2T and 4T (and the
 curve of ``--curve`` T's for the plot). Every setting was chosen on the 5,000 training
 images that ``train.validation_split`` holds out; the ANN never trains on them, and
 the bootstrap monitors on them. Prints one table, with the CPU time and epochs of each
