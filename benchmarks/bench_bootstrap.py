@@ -62,6 +62,13 @@ def _changes(acc: Dict[int, float], row: Dict[str, Any], report: List[int]) -> s
     )
 
 
+def _shuffled(train: Any, args: argparse.Namespace) -> DataLoader:
+    """The training set, reshuffled every epoch by ``--seed`` (which also seeds torch)."""
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    return DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=gen)
+
+
 BASIC_OPTIONS = {"channelwise": False, "threshold_search": False, "potential_calibration": False}
 
 
@@ -131,11 +138,7 @@ def main() -> None:
             )
         row["finetune"] = {}
         for target in targets if finetuning else []:
-            torch.manual_seed(args.seed)
-            gen = torch.Generator().manual_seed(args.seed)
-            train_loader = DataLoader(
-                train, batch_size=args.batch_size, shuffle=True, generator=gen
-            )
+            train_loader = _shuffled(train, args)
             t0 = time.perf_counter()
             tuned_ann, history = ann2snn.finetune(
                 model,
@@ -165,11 +168,7 @@ def main() -> None:
         ):
             snn = snns[f"finetune {target}" if start == "finetune" else start]
             key = f"T={target} {mode} from {start}"
-            torch.manual_seed(args.seed)
-            gen = torch.Generator().manual_seed(args.seed)
-            train_loader = DataLoader(
-                train, batch_size=args.batch_size, shuffle=True, generator=gen
-            )
+            train_loader = _shuffled(train, args)
             t0 = time.perf_counter()
             tuned, history = ann2snn.bootstrap(
                 snn,

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from tqdm import tqdm
 
@@ -53,7 +52,7 @@ from ann2snn.runtime.recorders import SpikeRecorder
 from ann2snn.runtime.spiking_model import SpikingModel
 from ann2snn.runtime.temporal import reset_state, set_steps
 from ann2snn.tracing import replace_submodule
-from ann2snn.training.loop import check_epochs, endless, epoch_length, total_steps
+from ann2snn.training.loop import check_epochs, epoch_length, optimize, total_steps
 from ann2snn.training.pwl import PiecewiseLinear, drop_fits, fits_of, pwl_eval
 
 __all__ = [
@@ -379,25 +378,23 @@ def bootstrap(
 
     measure(0, None, None, refit=True)
     boot.ann_mode()
-    loss_sum, correct, seen = 0.0, 0, 0
+
+    def forward(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = batch_input(batch).to(device)
+        out = boot.hybrid(x, timesteps) if train_mode == "hybrid" else boot(x)
+        return out, _labels(batch).to(device)
+
     try:
-        for step, batch in zip(range(1, steps + 1), endless(train_loader)):
-            x = batch_input(batch).to(device)
-            y = _labels(batch).to(device)
-            out = boot.hybrid(x, timesteps) if train_mode == "hybrid" else boot(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((out.detach().argmax(1) == y).sum())
-            seen += len(y)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
-            if step % refit_every == 0 or step == steps:
-                measure(step, loss_sum / seen, 100.0 * correct / seen, refit=step < steps)
-                loss_sum, correct, seen = 0.0, 0, 0
+        optimize(
+            train_loader,
+            steps,
+            forward,
+            optimizer,
+            schedule,
+            every=refit_every,
+            measure=lambda step, loss, acc: measure(step, loss, acc, refit=step < steps),
+            bar=bar,
+        )
     finally:
         bar.close()
         boot.snn_mode()

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from tqdm import tqdm
 
@@ -32,7 +31,7 @@ from ann2snn._checks import positive_int
 from ann2snn.calibration import batch_input, iter_inputs
 from ann2snn.runtime.neuron import Activation
 from ann2snn.tracing import finish, replace_submodule
-from ann2snn.training.loop import check_epochs, endless, epoch_length, total_steps
+from ann2snn.training.loop import check_epochs, epoch_length, optimize, total_steps
 
 __all__ = ["FinetuneRecord", "QuantClip", "finetune"]
 
@@ -132,22 +131,6 @@ def _initial_clips(
     return clips
 
 
-def _accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device) -> float:
-    from ann2snn.analysis.evaluate import _labels
-
-    was_training = model.training
-    model.eval()
-    correct = seen = 0
-    with torch.no_grad():
-        for batch in loader:
-            out = model(batch_input(batch).to(device=device, dtype=torch.float32))
-            y = _labels(batch).to(device)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
-    model.train(was_training)
-    return 100.0 * correct / max(seen, 1)
-
-
 def finetune(
     model: nn.Module,
     train_loader: Iterable[Any],
@@ -200,7 +183,7 @@ def finetune(
             ReLU-family activations.
         ConversionError: when the model cannot be traced.
     """
-    from ann2snn.analysis.evaluate import _labels
+    from ann2snn.analysis.evaluate import _labels, accuracy
     from ann2snn.api import traced_copy
     from ann2snn.converter_passes.canonicalize_activations import canonicalize_activations
 
@@ -238,7 +221,7 @@ def finetune(
     def measure(step: int, loss: Optional[float], acc: Optional[float]) -> None:
         rec = FinetuneRecord(step / batches_per_epoch, step, loss, acc)
         if eval_loader is not None:
-            rec.eval_accuracy = _accuracy(gm, eval_loader, device)
+            rec.eval_accuracy = accuracy(gm, eval_loader)
         history.append(rec)
         if progress:
             tqdm.write(f"finetune L={levels}: {rec.line()}")
@@ -246,25 +229,22 @@ def finetune(
     measure(0, None, None)
     gm.train()
     bar = tqdm(total=steps, desc=f"finetune L={levels}", disable=not progress)
-    loss_sum, correct, seen = 0.0, 0, 0
+
+    def forward(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = batch_input(batch).to(device=device, dtype=torch.float32)
+        return gm(x), _labels(batch).to(device)
+
     try:
-        for step, batch in zip(range(1, steps + 1), endless(train_loader)):
-            x = batch_input(batch).to(device=device, dtype=torch.float32)
-            y = _labels(batch).to(device)
-            out = gm(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((out.detach().argmax(1) == y).sum())
-            seen += len(y)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
-            if step % eval_every == 0 or step == steps:
-                measure(step, loss_sum / seen, 100.0 * correct / seen)
-                loss_sum, correct, seen = 0.0, 0, 0
+        optimize(
+            train_loader,
+            steps,
+            forward,
+            optimizer,
+            schedule,
+            every=eval_every,
+            measure=measure,
+            bar=bar,
+        )
     finally:
         bar.close()
     gm.eval()

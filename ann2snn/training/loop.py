@@ -4,7 +4,10 @@ training data and the schedule, and drawing batches across epochs."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Tuple
+
+import torch
+import torch.nn.functional as F
 
 
 def check_epochs(epochs: Any) -> float:
@@ -51,3 +54,37 @@ def endless(train_loader: Iterable[Any]) -> Iterator[Any]:
             yield batch
         if not drawn:
             raise ValueError("train_loader yielded no batch although its length is positive")
+
+
+def optimize(
+    train_loader: Iterable[Any],
+    steps: int,
+    forward: Callable[[Any], Tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    *,
+    every: int,
+    measure: Callable[[int, float, float], None],
+    bar: Any,
+) -> None:
+    """``steps`` optimizer steps of cross-entropy on ``forward(batch) -> (logits, labels)``.
+
+    Every ``every`` steps and at the last one, ``measure(step, mean loss, accuracy %)``
+    gets the figures since the previous call.
+    """
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, batch in zip(range(1, steps + 1), endless(train_loader)):
+        out, y = forward(batch)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((out.detach().argmax(1) == y).sum())
+        seen += len(y)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
+        if step % every == 0 or step == steps:
+            measure(step, loss_sum / seen, 100.0 * correct / seen)
+            loss_sum, correct, seen = 0.0, 0, 0
