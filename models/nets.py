@@ -14,10 +14,16 @@ from torch import nn
 
 __all__ = [
     "BasicBlock",
+    "DenseLayer",
+    "FashionDenseNet",
+    "FashionMobileNetV2",
     "FashionResNet",
+    "InvertedResidual",
     "fmnist_avgpool_cnn",
     "fmnist_cnn128",
+    "fmnist_densenet",
     "fmnist_maxpool_cnn",
+    "fmnist_mobilenetv2",
     "fmnist_resnet",
     "fmnist_resnet20",
     "fmnist_vgg16",
@@ -326,3 +332,177 @@ def fmnist_vgg16(width: int = 12, pool: str = "avg", dropout: float = 0.2) -> nn
         nn.Linear(hidden, 10),
     ]
     return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual block with ReLU6.
+
+    ``Conv1x1(expand)-BN-ReLU6 -> depthwise Conv3x3(stride)-BN-ReLU6 -> Conv1x1-BN`` (a
+    linear bottleneck: no activation after the projection), plus the input when the
+    stride is 1 and the channel count is unchanged. With ``expand=1`` the first
+    convolution is left out, as in the original.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = in_channels * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [
+                nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(inplace=True),
+            ]
+        layers += [
+            nn.Conv2d(
+                hidden, hidden, kernel_size=3, stride=stride, padding=1, groups=hidden, bias=False
+            ),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, out_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+#: MobileNetV2's block settings for 28x28 images: (expansion t, channels as a multiple of
+#: the width, blocks n, stride of the first block s). The original's stride-2 stem and two
+#: of its five downsamplings are left out (28 -> 28 -> 14 -> 7 -> 4).
+_MOBILENETV2_STAGES = ((1, 1, 1, 1), (6, 1.5, 2, 1), (6, 2, 3, 2), (6, 4, 3, 2), (6, 6, 2, 2))
+
+
+class FashionMobileNetV2(nn.Module):
+    """A MobileNetV2-style network for 28x28 grey images.
+
+    Stem ``Conv3x3(1, w)-BN-ReLU6``, the :class:`InvertedResidual` stages of
+    ``_MOBILENETV2_STAGES`` (11 blocks, 7 of them with a residual add), a last
+    ``Conv1x1-BN-ReLU6`` to ``16w`` channels, global average pooling, ``Dropout`` and
+    ``Linear(16w, 10)``: 23 ReLU6 layers, every convolution but the stem and the 1x1 ones
+    depthwise.
+    """
+
+    def __init__(self, width: int = 8, num_classes: int = 10, dropout: float = 0.2) -> None:
+        super().__init__()
+        _check_width(width)
+        _check_dropout(dropout)
+        layers: list[nn.Module] = [
+            nn.Conv2d(1, width, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU6(inplace=True),
+        ]
+        in_ch = width
+        for expand, mult, blocks, stride in _MOBILENETV2_STAGES:
+            out = int(round(width * mult))
+            for i in range(blocks):
+                layers.append(InvertedResidual(in_ch, out, stride if i == 0 else 1, expand))
+                in_ch = out
+        last = 16 * width
+        layers += [
+            nn.Conv2d(in_ch, last, kernel_size=1, bias=False),
+            nn.BatchNorm2d(last),
+            nn.ReLU6(inplace=True),
+        ]
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.fc(self.dropout(x))
+
+
+def fmnist_mobilenetv2(width: int = 8, dropout: float = 0.2) -> FashionMobileNetV2:
+    """A MobileNetV2-style network (ReLU6, depthwise convolutions, inverted residuals with
+    linear bottlenecks) for Fashion-MNIST; see :class:`FashionMobileNetV2`.
+
+    Args:
+        width: Channels of the stem; the stages use 1x to 6x, the last convolution 16x.
+        dropout: Dropout probability before the classifier (training only).
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive width or a dropout outside [0, 1).
+    """
+    return FashionMobileNetV2(width=width, dropout=dropout)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC's layer: ``BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k)``, its ``k`` new
+    channels concatenated to its input (``torch.cat``)."""
+
+    def __init__(self, in_channels: int, growth: int) -> None:
+        super().__init__()
+        inner = 4 * growth
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, inner, kernel_size=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, growth, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return torch.cat([x, out], dim=1)
+
+
+class FashionDenseNet(nn.Module):
+    """A DenseNet-BC-style network for 28x28 grey images (pre-activation, concatenation).
+
+    Stem ``Conv3x3(1, 2k)``; three dense blocks of ``layers`` :class:`DenseLayer` each,
+    with a transition ``BN-ReLU-Conv1x1(halve the channels)-AvgPool(2)`` between them
+    (28 -> 14 -> 7); a final ``BN-ReLU``, global average pooling and ``Linear(., 10)``.
+    BatchNorm sits after concatenations and pooling, not only after convolutions.
+    ``layers=4`` gives 27 ReLUs.
+    """
+
+    def __init__(self, growth: int = 12, layers: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        _check_width(growth, "growth")
+        _check_width(layers, "layers")
+        channels = 2 * growth
+        self.stem = nn.Conv2d(1, channels, kernel_size=3, padding=1, bias=False)
+        stages: list[nn.Module] = []
+        for block in range(3):
+            for _ in range(layers):
+                stages.append(DenseLayer(channels, growth))
+                channels += growth
+            if block < 2:
+                out = channels // 2
+                stages.append(
+                    nn.Sequential(
+                        nn.BatchNorm2d(channels),
+                        nn.ReLU(inplace=True),
+                        nn.Conv2d(channels, out, kernel_size=1, bias=False),
+                        nn.AvgPool2d(2),
+                    )
+                )
+                channels = out
+        self.features = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(channels)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.features(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def fmnist_densenet(growth: int = 12, layers: int = 4) -> FashionDenseNet:
+    """A DenseNet-BC-style network for Fashion-MNIST; see :class:`FashionDenseNet`.
+
+    Args:
+        growth: Channels each dense layer adds (k).
+        layers: Dense layers per block.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: On a non-positive growth or layer count.
+    """
+    return FashionDenseNet(growth=growth, layers=layers)

@@ -329,3 +329,29 @@ def test_recipe_holds_out_validation_images_and_records_them() -> None:
     assert len(train["val_history"]) == 2 and all(0 <= v <= 100 for v in train["val_history"])
     assert train["label_smoothing"] == 0.1 and train["augment"] == "affine"
     assert train["val_history"][-1] > 30  # it learns (chance: 10), on held-out images
+
+
+def _depthwise(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 for m in model.modules())
+
+
+def test_mobilenetv2_and_densenet_styles_convert_layer_for_layer() -> None:
+    from ann2snn.models.nets import InvertedResidual, fmnist_densenet, fmnist_mobilenetv2
+
+    mobile = fmnist_mobilenetv2(width=4)
+    blocks = [m for m in mobile.modules() if isinstance(m, InvertedResidual)]
+    assert len(blocks) == 11 and sum(b.residual for b in blocks) == 7
+    assert _depthwise(mobile) == 11
+    assert sum(isinstance(m, nn.ReLU6) for m in mobile.modules()) == 23
+    assert not any(isinstance(m, nn.ReLU) for m in mobile.modules())
+    assert _if_layers(mobile) == 23
+    dense = fmnist_densenet(growth=4, layers=2)
+    # Concatenation grows the channels: 8 + 2 * 4 = 16 -> transition 8 -> 16 -> 8 -> 16.
+    assert dense.fc.in_features == 16
+    assert _if_layers(dense) == 3 * 2 * 2 + 2 + 1
+    assert fmnist_densenet()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert fmnist_mobilenetv2()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="growth"):
+        fmnist_densenet(growth=0)
+    with pytest.raises(ValueError, match="dropout"):
+        fmnist_mobilenetv2(dropout=1.0)
