@@ -19,7 +19,8 @@ evaluated data hit that limit:
   ``||clipped(x) - ann(x)|| / ||ann(x)||`` over the evaluated inputs, where ``clipped`` is
   the ANN with every activation clipped at its neuron's scale. An IF neuron's rate tends
   to its input's time average clipped to [0, 1], so for inputs that are the same at every
-  step this is about the error the SNN's output approaches as T grows.
+  step this is about the error the SNN's output approaches as T grows. Not measured
+  after :func:`ann2snn.bootstrap`, which trains the SNN itself, clipping included.
 
 Saturation is measured on the simulation at the largest T, from each neuron's spike count
 and final membrane (:meth:`ann2snn.runtime.recorders.SpikeRecorder.saturation_counts`).
@@ -55,6 +56,7 @@ __all__ = [
     "range_line",
     "range_report",
     "range_warnings",
+    "refresh_calibrated_ranges",
 ]
 
 
@@ -99,19 +101,67 @@ def _copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.detach().clone().reshape(-1)
 
 
-def _beyond(act: Activation, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """``[B]`` bool: the input drove one of the activation's values beyond its calibrated
-    range (None when the activation does not know it)."""
-    if act.calib_max is None:
-        return None
+def _ann_units(act: Activation, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the activation's values for input ``x`` in ANN units, its scale broadcast to them)."""
     value = torch.relu(x.float())
     if act.clip is not None:
         value = torch.minimum(value, _channel_view(act.clip.float(), value))
     thr = _channel_view(act.threshold.float(), value)
     scale = thr if act.scale is None else _channel_view(act.scale.float(), value)
-    value = value * scale / thr  # ANN units
+    return value * scale / thr, scale
+
+
+def _beyond(act: Activation, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``[B]`` bool: the input drove one of the activation's values beyond its calibrated
+    range (None when the activation does not know it)."""
+    if act.calib_max is None:
+        return None
+    value, scale = _ann_units(act, x)
     limit = _channel_view(act.calib_max.float(), value) + RANGE_TOLERANCE * scale
     return (value > limit).reshape(value.shape[0], -1).any(1)
+
+
+@torch.no_grad()
+def refresh_calibrated_ranges(snn: Any, data: Any, max_batches: Optional[int] = None) -> None:
+    """Measure every IF layer's calibrated range (``calib_max``, per channel, ANN units)
+    again on ``data``.
+
+    Conversion records the ranges; a pass that changes the SNN's weights afterwards
+    (:func:`ann2snn.bootstrap`) calls this, or coverage would be judged against the ranges
+    of the weights before it.
+    """
+    from ann2snn.calibration import iter_inputs
+
+    exact, _ = clipped_views(snn)
+    neurons = dict(snn.neurons())
+    maxima: Dict[str, torch.Tensor] = {}
+
+    def record(name: str, act: Activation, x: torch.Tensor) -> None:
+        value, _ = _ann_units(act, x)
+        dims = [d for d in range(value.dim()) if d != (1 if value.dim() > 1 else 0)]
+        top = value.amax(dim=dims) if value.dim() > 1 else value.amax().reshape(1)
+        maxima[name] = top if name not in maxima else torch.maximum(maxima[name], top)
+
+    handles = [
+        m.register_forward_hook(lambda m, inputs, out, name=name: record(name, m, inputs[0]))
+        for name, m in exact.named_modules()
+        if isinstance(m, Activation) and name in neurons and m.threshold is not None
+    ]
+    try:
+        device = next(iter(exact.buffers()), torch.zeros(0)).device
+        for x in iter_inputs(data, max_batches):
+            exact(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, top in maxima.items():
+        old = neurons[name].calib_max
+        if old is None:
+            neurons[name].calib_max = top.float().reshape(-1)
+            continue
+        if old.numel() == 1:  # a per-layer range stays per layer
+            top = top.max()
+        neurons[name].calib_max = top.float().to(old.device).reshape(old.shape)
 
 
 def _flat(output: Any) -> torch.Tensor:
@@ -132,6 +182,9 @@ class RangeTally:
     def __init__(self, timesteps: int, snn: Any = None) -> None:
         self.timesteps = timesteps
         self.views = clipped_views(snn) if snn is not None else None
+        # After bootstrap the SNN itself is the trained function, clipping included: the ANN
+        # its weights would make is no reference to measure the clip error against.
+        self.clip_reference = self.views is not None and "bootstrap" not in getattr(snn, "meta", {})
         self.error_sq = 0.0
         self.ann_sq = 0.0
         self.layers: List[str] = []
@@ -185,8 +238,9 @@ class RangeTally:
                 self.layer_inputs_beyond[name] += int(beyond.sum())
                 any_beyond |= beyond.cpu()
             self.inputs_beyond += int(any_beyond.sum())
-        self.error_sq += float(((_flat(clipped(x)) - reference).double() ** 2).sum())
-        self.ann_sq += float((reference.double() ** 2).sum())
+        if self.clip_reference:
+            self.error_sq += float(((_flat(clipped(x)) - reference).double() ** 2).sum())
+            self.ann_sq += float((reference.double() ** 2).sum())
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks (every rank has the same layers)."""
@@ -212,7 +266,7 @@ class RangeTally:
         """Plain JSON-ready data: ``timesteps``, ``saturated`` (share of (input, neuron)
         pairs that saturated), ``out_of_range`` (share of inputs beyond the calibrated range;
         None when the SNN does not know its calibrated ranges), ``clip_error`` (None when
-        not measured), ``inputs`` and per layer the two shares."""
+        not measured, or after bootstrap), ``inputs`` and per layer the two shares."""
         pairs = sum(self.pairs.values())
         layers = {
             n: {
@@ -229,7 +283,7 @@ class RangeTally:
             "out_of_range": self.inputs_beyond / max(self.inputs, 1) if self.known else None,
             "clip_error": (
                 math.sqrt(self.error_sq / self.ann_sq)
-                if self.views is not None and self.ann_sq > 0
+                if self.clip_reference and self.ann_sq > 0
                 else None
             ),
             "inputs": self.inputs,

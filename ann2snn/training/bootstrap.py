@@ -39,7 +39,7 @@ from torch import fx, nn
 from tqdm import tqdm
 
 from ann2snn._checks import positive_int
-from ann2snn.analysis.saturation import RangeWarning
+from ann2snn.analysis.saturation import RangeWarning, refresh_calibrated_ranges
 from ann2snn.calibration import batch_input
 from ann2snn.converter_passes.bootstrap_fit import (
     DEFAULT_SAMPLE_RANGE,
@@ -400,6 +400,8 @@ def bootstrap(
         boot.snn_mode()
         snn.graph_module.zero_grad(set_to_none=True)
         drop_fits(snn.graph_module)
+    # The weights moved: coverage is judged against their ranges on all the calibration data.
+    refresh_calibrated_ranges(snn, sampling)
     snn.meta["bootstrap"] = {
         "timesteps": timesteps,
         "epochs": epochs,

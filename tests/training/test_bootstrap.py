@@ -205,6 +205,16 @@ def test_bootstrap_raises_low_t_accuracy_and_reports_it(maxpool_snn, fmnist_trai
     for name, p in converted.graph_module.named_parameters():
         assert torch.equal(p, before[name])
     assert any(not torch.equal(p, before[name]) for name, p in snn.graph_module.named_parameters())
+    # The calibrated ranges follow the trained weights: the data they were measured on (here
+    # the training data) lies inside them, so coverage raises no false alarm.
+    seen = DataLoader(Subset(fmnist_train, range(2000, 3280)), batch_size=320)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ann2snn.RangeWarning)
+        assert ann2snn.evaluate(snn, seen, [T]).saturation["out_of_range"] == 0.0
+    assert any(
+        not torch.equal(a.calib_max, b.calib_max)
+        for (_, a), (_, b) in zip(snn.neurons(), converted.neurons())
+    )
 
 
 def test_bootstrap_converts_an_ann(fmnist_train):
