@@ -146,8 +146,10 @@ def refresh_calibrated_ranges(snn: Any, data: Any, max_batches: Optional[int] = 
 
     def record(name: str, act: Activation, x: torch.Tensor) -> None:
         value, _ = _ann_units(act, x)
-        dims = [d for d in range(value.dim()) if d != (1 if value.dim() > 1 else 0)]
-        top = value.amax(dim=dims) if value.dim() > 1 else value.amax().reshape(1)
+        if value.dim() > 1:  # per channel (dim 1)
+            top = value.amax(dim=[d for d in range(value.dim()) if d != 1])
+        else:
+            top = value.amax().reshape(1)
         maxima[name] = top if name not in maxima else torch.maximum(maxima[name], top)
 
     handles = [
