@@ -84,10 +84,9 @@ OUT_OF_RANGE_WARNING = 0.1
 CLIP_ERROR_WARNING = 0.05
 
 
-def clipped_views(snn: Any) -> Tuple[nn.Module, nn.Module]:
-    """(the ANN a converted SNN stands for, the same ANN with every activation clipped at
-    its neuron's threshold: the function the SNN computes as T grows). The activations of
-    the first keep their neuron's ``scale`` and ``calib_max`` (for :class:`RangeTally`)."""
+def _exact_view(snn: Any) -> nn.Module:
+    """The ANN a converted SNN stands for; its activations keep their neuron's ``scale``
+    and ``calib_max``."""
     from ann2snn.snn_graph import ann_view
 
     exact = ann_view(snn.graph_module)
@@ -96,6 +95,14 @@ def clipped_views(snn: Any) -> Tuple[nn.Module, nn.Module]:
         if isinstance(m, Activation) and name in neurons:
             m.scale = _copy(neurons[name].scale)
             m.calib_max = _copy(getattr(neurons[name], "calib_max", None))
+    return exact
+
+
+def clipped_views(snn: Any) -> Tuple[nn.Module, nn.Module]:
+    """(the ANN a converted SNN stands for, the same ANN with every activation clipped at
+    its neuron's threshold: the function the SNN computes as T grows). The activations of
+    the first keep their neuron's ``scale`` and ``calib_max`` (for :class:`RangeTally`)."""
+    exact = _exact_view(snn)
     clipped = copy.deepcopy(exact)
     for m in clipped.modules():
         if isinstance(m, Activation) and m.threshold is not None:
@@ -140,7 +147,7 @@ def refresh_calibrated_ranges(snn: Any, data: Any, max_batches: Optional[int] = 
     """
     from ann2snn.calibration import iter_inputs
 
-    exact, _ = clipped_views(snn)
+    exact = _exact_view(snn)
     neurons = dict(snn.neurons())
     maxima: Dict[str, torch.Tensor] = {}
 

@@ -352,10 +352,7 @@ def bootstrap(
     device = params[0].device if params else torch.device("cpu")
     steps = total_steps(epochs, batches_per_epoch)
     refit_every = max(1, round(resample_every * batches_per_epoch))
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history: List[BootstrapRecord] = []
-    bar = tqdm(total=steps, desc=f"bootstrap T={timesteps}", disable=not progress)
 
     def measure(step: int, loss: Optional[float], acc: Optional[float], refit: bool) -> None:
         stats = boot.fit(sampling, timesteps, **fit_options) if refit else None
@@ -389,14 +386,15 @@ def bootstrap(
             train_loader,
             steps,
             forward,
-            optimizer,
-            schedule,
+            params,
+            lr=lr,
+            weight_decay=weight_decay,
             every=refit_every,
             measure=lambda step, loss, acc: measure(step, loss, acc, refit=step < steps),
-            bar=bar,
+            desc=f"bootstrap T={timesteps}",
+            progress=progress,
         )
     finally:
-        bar.close()
         boot.snn_mode()
         snn.graph_module.zero_grad(set_to_none=True)
         drop_fits(snn.graph_module)

@@ -214,8 +214,6 @@ def finetune(
     params = [p for p in gm.parameters() if p.requires_grad]
     steps = total_steps(epochs, batches_per_epoch)
     eval_every = max(1, round(batches_per_epoch / evals_per_epoch))
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     history: List[FinetuneRecord] = []
 
     def measure(step: int, loss: Optional[float], acc: Optional[float]) -> None:
@@ -228,25 +226,23 @@ def finetune(
 
     measure(0, None, None)
     gm.train()
-    bar = tqdm(total=steps, desc=f"finetune L={levels}", disable=not progress)
 
     def forward(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         x = batch_input(batch).to(device=device, dtype=torch.float32)
         return gm(x), _labels(batch).to(device)
 
-    try:
-        optimize(
-            train_loader,
-            steps,
-            forward,
-            optimizer,
-            schedule,
-            every=eval_every,
-            measure=measure,
-            bar=bar,
-        )
-    finally:
-        bar.close()
+    optimize(
+        train_loader,
+        steps,
+        forward,
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        every=eval_every,
+        measure=measure,
+        desc=f"finetune L={levels}",
+        progress=progress,
+    )
     gm.eval()
     final = {}
     for name in acts:

@@ -4,7 +4,7 @@ training data and the schedule, and drawing batches across epochs."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Iterator, Tuple
+from typing import Any, Callable, Iterable, Iterator, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,31 +60,40 @@ def optimize(
     train_loader: Iterable[Any],
     steps: int,
     forward: Callable[[Any], Tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
+    params: Sequence[torch.nn.Parameter],
     *,
+    lr: float,
+    weight_decay: float,
     every: int,
     measure: Callable[[int, float, float], None],
-    bar: Any,
+    desc: str,
+    progress: bool,
 ) -> None:
-    """``steps`` optimizer steps of cross-entropy on ``forward(batch) -> (logits, labels)``.
+    """``steps`` steps of Adam on ``params`` (learning rate ``lr`` annealed by a cosine
+    schedule) against the cross-entropy of ``forward(batch) -> (logits, labels)``, under a
+    progress bar labelled ``desc`` (shown when ``progress``).
 
     Every ``every`` steps and at the last one, ``measure(step, mean loss, accuracy %)``
     gets the figures since the previous call.
     """
+    from tqdm import tqdm
+
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     loss_sum, correct, seen = 0.0, 0, 0
-    for step, batch in zip(range(1, steps + 1), endless(train_loader)):
-        out, y = forward(batch)
-        loss = F.cross_entropy(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((out.detach().argmax(1) == y).sum())
-        seen += len(y)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
-        if step % every == 0 or step == steps:
-            measure(step, loss_sum / seen, 100.0 * correct / seen)
-            loss_sum, correct, seen = 0.0, 0, 0
+    with tqdm(total=steps, desc=desc, disable=not progress) as bar:
+        for step, batch in zip(range(1, steps + 1), endless(train_loader)):
+            out, y = forward(batch)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((out.detach().argmax(1) == y).sum())
+            seen += len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
+            if step % every == 0 or step == steps:
+                measure(step, loss_sum / seen, 100.0 * correct / seen)
+                loss_sum, correct, seen = 0.0, 0, 0
