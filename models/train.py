@@ -119,7 +119,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     # Validation accuracy (5,000 held-out images) that chose this recipe: the first one
     # (hflip + 2-pixel shifts, lr 1e-3, 8 epochs) under-fit at 92.30 (its test: 91.96);
     # hflip + random erasing, lr 2e-3, 15 epochs: 93.56 (51 CPU minutes, 2 threads); the
-    # same for 25 epochs: 94.44 (about 86 minutes on a quiet machine, 2 threads).
+    # same for 25 epochs: 94.44 (90 minutes, 2 threads, beside other jobs).
     "fmnist_cnn128": {
         "kwargs": {"width": 128, "dropout": 0.5},
         "epochs": 25,
