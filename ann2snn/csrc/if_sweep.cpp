@@ -30,6 +30,7 @@ namespace ann2snn {
 namespace {
 
 constexpr const char* kOp = "ann2snn::if_sweep_errors";
+constexpr int64_t kLanes = 8;
 
 void check_inputs(const at::Tensor& z, const at::Tensor& a, const at::Tensor& threshold,
                   const at::Tensor& v0, const at::Tensor& gain, at::IntArrayRef horizons) {
@@ -81,11 +82,22 @@ void sweep_plane(const float* zb, int64_t step, const float* ab, int64_t plane,
     }
     if (t + 1 == hs[next]) {
       const float per_spike = g / static_cast<float>(hs[next]);
+      // kLanes independent partial sums, so that the compiler can vectorize the sum (one
+      // running total is a dependency chain it must keep in order)
+      double lanes[kLanes] = {};
+      int64_t s = 0;
+      for (; s + kLanes <= plane; s += kLanes) {
+        for (int64_t j = 0; j < kLanes; ++j) {
+          const float e = n[s + j] * per_spike - ab[s + j];
+          lanes[j] += static_cast<double>(e * e);
+        }
+      }
       double total = 0.0;
-      for (int64_t s = 0; s < plane; ++s) {
+      for (; s < plane; ++s) {
         const float e = n[s] * per_spike - ab[s];
         total += static_cast<double>(e * e);
       }
+      for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
       out[next] += total;
       ++next;
     }
