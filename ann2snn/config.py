@@ -159,9 +159,9 @@ class ConversionConfig:
         },
     )
     calibration_horizons: Tuple[int, ...] = _option(
-        (1, 2, 4),
+        (1, 2),
         "both techniques minimize the error summed over the first ``m * target_timesteps`` "
-        "steps for each multiple ``m`` given (default: after T, 2T and 4T steps), so a choice "
+        "steps for each multiple ``m`` given (default: after T and 2T steps), so a choice "
         "that only pays off at exactly T loses. The calibration simulates ``sweep_samples`` "
         "images for ``target_timesteps * max(calibration_horizons)`` steps, and its memory "
         "grows with both.",
@@ -170,8 +170,8 @@ class ConversionConfig:
             "metavar": "M,M,...",
             "type": "horizons",
             "help": "multiples of --target-timesteps after which the calibration error is "
-            "summed (default: {default}; 1,2,4 tunes for T, 2T and 4T steps at once, 1 for T "
-            "alone)",
+            "summed (default: {default}; 1,2 tunes for T and 2T steps at once, 1,2,4 for T, 2T "
+            "and 4T, 1 for T alone)",
         },
     )
     potential_calibration: bool = _option(

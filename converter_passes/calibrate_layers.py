@@ -44,7 +44,7 @@ def calibrate_layers(
         reference: the normalized ANN graph (see :class:`~.layer_sweep.LayerSweep`).
         inputs: calibration input batches (:func:`~.layer_sweep.collect_inputs`).
         timesteps: the target number of time steps T.
-        horizons: multiples of T whose errors are summed (1, 2 and 4 by default; see
+        horizons: multiples of T whose errors are summed (1 and 2 by default; see
             :mod:`.layer_sweep`).
         threshold_search: run the threshold search.
         potential_calibration: run the potential calibration.

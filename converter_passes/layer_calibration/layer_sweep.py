@@ -11,7 +11,7 @@ batch, then hands them to each calibrator before moving on, so every layer sees 
 predecessors' final parameters.
 
 The error a calibrator minimizes is summed over several horizons: the prefixes of one
-simulation of ``T * m`` steps for every multiple ``m`` in ``horizons`` (default 1, 2 and 4
+simulation of ``T * m`` steps for every multiple ``m`` in ``horizons`` (default 1 and 2
 times the target T). A choice that is right at exactly T steps and wrong at 2T (a
 potential that happens to round well after 4 steps, a threshold that clips) is then
 outvoted, and the curve improves at and beyond the target instead of only at it.

@@ -118,20 +118,20 @@ def test_bundled_model_name_as_input(tmp_path, cli) -> None:
             "--target-timesteps",
             "8",
             "--calibration-horizons",
-            "1,2",
+            "1,4",
             "-o",
             str(out),
             "--no-progress",
         ]
     )
     assert result.returncode == 0, result.stderr
-    assert "threshold search for T=8/16" in result.stdout
+    assert "threshold search for T=8/32" in result.stdout
     data = torch.load(out, weights_only=True)
     assert data["options"]["channelwise"] is False
     assert data["options"]["potential_calibration"] is False
     assert data["options"]["threshold_search"] is True
     assert data["options"]["target_timesteps"] == 8
-    assert data["options"]["calibration_horizons"] == [1, 2]
+    assert data["options"]["calibration_horizons"] == [1, 4]
     assert data["provenance"]["calib_batches"] == 1
     scales = [m.scale for _, m in snn_io.load_snn(out).neurons()]
     assert all(t.numel() == 1 for t in scales)  # one scale per layer
