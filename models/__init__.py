@@ -3,8 +3,9 @@
 Example:
     >>> from ann2snn.models import MODELS, load_pretrained, pretrained_info
     >>> sorted(MODELS)
-    ['fmnist_avgpool_cnn', 'fmnist_cnn128', 'fmnist_maxpool_cnn', 'fmnist_resnet',
-     'fmnist_resnet20', 'fmnist_vgg16', 'mnist_cnn', 'mnist_mlp']
+    ['fmnist_avgpool_cnn', 'fmnist_cnn128', 'fmnist_densenet', 'fmnist_maxpool_cnn',
+     'fmnist_mobilenetv2', 'fmnist_resnet', 'fmnist_resnet20', 'fmnist_vgg16', 'mnist_cnn',
+     'mnist_mlp']
     >>> net = load_pretrained("mnist_cnn")  # float32, eval mode
     >>> pretrained_info("mnist_cnn")["dataset"]
     'mnist'
@@ -36,7 +37,9 @@ from ann2snn.models.nets import (
     FashionResNet,
     fmnist_avgpool_cnn,
     fmnist_cnn128,
+    fmnist_densenet,
     fmnist_maxpool_cnn,
+    fmnist_mobilenetv2,
     fmnist_resnet,
     fmnist_resnet20,
     fmnist_vgg16,
@@ -54,7 +57,9 @@ __all__ = [
     "checkpoint_path",
     "fmnist_avgpool_cnn",
     "fmnist_cnn128",
+    "fmnist_densenet",
     "fmnist_maxpool_cnn",
+    "fmnist_mobilenetv2",
     "fmnist_resnet",
     "fmnist_resnet20",
     "fmnist_vgg16",
@@ -75,6 +80,8 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "fmnist_resnet": fmnist_resnet,
     "fmnist_resnet20": fmnist_resnet20,
     "fmnist_vgg16": fmnist_vgg16,
+    "fmnist_mobilenetv2": fmnist_mobilenetv2,
+    "fmnist_densenet": fmnist_densenet,
     "fmnist_cnn128": fmnist_cnn128,
     "mnist_mlp": mnist_mlp,
 }
@@ -87,6 +94,8 @@ MODEL_DATASETS: Dict[str, str] = {
     "fmnist_resnet": "fashion-mnist",
     "fmnist_resnet20": "fashion-mnist",
     "fmnist_vgg16": "fashion-mnist",
+    "fmnist_mobilenetv2": "fashion-mnist",
+    "fmnist_densenet": "fashion-mnist",
     "fmnist_cnn128": "fashion-mnist",
     "mnist_mlp": "mnist",
 }

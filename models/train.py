@@ -113,6 +113,24 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         "augment": "hflip",
         "channels_last": True,
     },
+    "fmnist_mobilenetv2": {
+        "kwargs": {"width": 8},
+        "epochs": 8,
+        "lr": 4e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        "channels_last": True,
+    },
+    "fmnist_densenet": {
+        "kwargs": {"growth": 12, "layers": 4},
+        "epochs": 8,
+        "lr": 4e-3,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "augment": "hflip",
+        "channels_last": True,
+    },
     # The two networks of the direct-training tutorials (issue 16, docs/seeds.md). Both
     # hold out 5,000 training images for validation: every choice of these recipes was
     # made on them, never on the test set.

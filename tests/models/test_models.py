@@ -39,6 +39,8 @@ TARGETS = {
     "fmnist_resnet": 91.0,
     "fmnist_resnet20": 92.5,
     "fmnist_vgg16": 92.5,
+    "fmnist_mobilenetv2": 92.5,
+    "fmnist_densenet": 92.5,
     "mnist_mlp": 99.2,
 }
 
