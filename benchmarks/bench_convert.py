@@ -3,7 +3,7 @@
 Prints, from one run, the wall time of ``ann2snn.convert`` (tracing, all passes and
 calibration on N images) and of one plain ANN forward pass over the same N images, and
 their ratio (goals: at most 3x for the small bundled networks, at most 5x for the deep
-ones, ``fmnist_resnet20`` and ``fmnist_vgg16``).
+ones: ``fmnist_resnet20``, ``fmnist_vgg16``, ``fmnist_mobilenetv2``, ``fmnist_densenet``).
 
     python benchmarks/bench_convert.py [--model fmnist_avgpool_cnn] [--images 2000]
     python benchmarks/bench_convert.py --model fmnist_resnet20
@@ -23,7 +23,7 @@ from ann2snn.data.datasets import load_dataset
 from ann2snn.models import MODEL_DATASETS, get_model, load_pretrained
 
 #: The deep reference networks (issue 19), whose goal is 5x.
-DEEP = ("fmnist_resnet20", "fmnist_vgg16")
+DEEP = ("fmnist_resnet20", "fmnist_vgg16", "fmnist_mobilenetv2", "fmnist_densenet")
 
 
 def _model(name: str) -> torch.nn.Module:
