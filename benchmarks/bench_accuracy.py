@@ -109,9 +109,7 @@ def _functional_as_modules(model: nn.Module) -> nn.Module:
             node.op == "call_method" and node.target == "relu"
         ):
             module = nn.ReLU()
-        elif node.op == "call_module" and isinstance(
-            gm.get_submodule(str(node.target)), nn.ReLU6
-        ):
+        elif node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.ReLU6):
             module = nn.ReLU()  # see relu6_replaced: not the same function above 6
         elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
             size = node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]
